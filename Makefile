@@ -1,0 +1,41 @@
+# hieros developer commands. Every target works from a fresh clone: `install` creates .venv on first use and
+# reinstalls only when pyproject.toml changed (the stamp file below), so `make test` twice installs once.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hieros-install.stamp
+# pytest -m expression for `make test`; empty = every test, `slow` included (CI runs slow tests at small sizes).
+# SLURM tests skip themselves when no cluster answers (tests/conftest.py).
+MARKERS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast bench lint run
+
+install: $(STAMP)
+
+# The pinned torch==2.13.0 in pyproject.toml installs the local CPU wheel from pip's configured find-links.
+# Never install an unpinned torch: it pulls gigabytes of CUDA packages.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --progress-bar off --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[test]'
+	@touch $@
+
+test: install
+	$(PY) -m pytest -x -q $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS)
+
+test-fast: install  ## everything except the slow end-to-end checks
+	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m hieros.bench --out bench.json
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# PLACEHOLDER until the smoke experiment exists (to be replaced by `python -m hieros +experiment=smoke`):
+# a short real run on CartPole with the tiny model, one hierarchy level and no tracking server.
+run: install
+	$(PY) -m hieros env=gym model=tiny hierarchy.layers=1 training.steps=2000 logger=none

@@ -1,0 +1,223 @@
+"""One level of the hierarchy (paper section 2.1, Figure 1): world model, actor-critic, subgoal autoencoder.
+
+:meth:`Subactor.train_step` is one update of the level, in the original's order (spec section 5.1):
+world model -> actor and critics on trajectories imagined from every posterior state of the batch -> subgoal
+autoencoder on the imagined h.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hieros.agent.actor_critic import ActorCritic
+from hieros.agent.subgoal import SubgoalAutoencoder, subgoal_reward
+from hieros.agent.world_model import WorldModel
+from hieros.sequence_models.base import State
+
+
+def _adamw(params, cfg: Mapping, lr: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, eps=cfg["eps"], weight_decay=cfg.get("weight_decay", 0.0))
+
+
+class Subactor(nn.Module):
+    """Level ``level`` of the hierarchy.
+
+    ``action_shape``: (1, A) at level 0, (latents, classes) of the subgoal code above. ``goal_encoding`` is None at
+    the top level (no goal input); otherwise it maps the code from the level above to this actor's goal input.
+    ``needs_decoder``: a level above sends subgoal codes that this level's autoencoder decodes into its h-space.
+    """
+
+    def __init__(
+        self,
+        level: int,
+        obs_shapes: Mapping[str, tuple[int, ...]],
+        action_shape: tuple[int, int],
+        make_dynamics: Callable[[int, int], Any],
+        goal_encoding: Any | None,
+        reward_weights: Mapping[str, float],
+        cfg: Mapping,
+        world_model: WorldModel | None = None,
+        needs_decoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.level = level
+        self.cfg = cfg
+        action_dim = action_shape[0] * action_shape[1]
+        self.owns_world_model = world_model is None
+        if world_model is None:
+            world_model = WorldModel(
+                obs_shapes,
+                action_dim,
+                lambda embed_dim: make_dynamics(embed_dim, action_dim),
+                cfg["model"],
+                cfg["agent"]["world_model"],
+            )
+        self.world_model = world_model
+        deter = world_model.dynamics.deter_dim
+        ae_cfg = cfg["agent"]["subgoal_autoencoder"]
+        self.goal_encoding = goal_encoding
+        self.goal_shape = (ae_cfg["latents"], ae_cfg["classes"])
+        goal_dim = goal_encoding.input_dim(*self.goal_shape, deter) if goal_encoding is not None else 0
+        self.actor_critic = ActorCritic(
+            world_model.dynamics.feature_dim,
+            goal_dim,
+            action_shape,
+            reward_weights,
+            cfg["model"],
+            cfg["agent"]["actor_critic"],
+        )
+        self.autoencoder = SubgoalAutoencoder(deter, ae_cfg)
+        self.hierarchy_cfg = cfg["hierarchy"]
+        self.needs_decoder = needs_decoder
+
+    @property
+    def needs_autoencoder(self) -> bool:
+        """The autoencoder decodes subgoals from the level above and scores novelty; a lone level needs neither."""
+        return self.needs_decoder or "novelty" in self.actor_critic.reward_weights
+
+    @property
+    def has_goal(self) -> bool:
+        return self.goal_encoding is not None
+
+    # ------------------------------------------------------------ optimizers
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        agent = self.cfg["agent"]
+        ac = agent["actor_critic"]
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.owns_world_model:
+            optimizers["world_model"] = _adamw(
+                self.world_model.parameters(), agent["world_model"], agent["world_model"]["lr"]
+            )
+        optimizers["actor"] = _adamw(self.actor_critic.actor.parameters(), ac, ac["actor_lr"])
+        for term, critic in self.actor_critic.critics.items():
+            optimizers[f"critic_{term}"] = _adamw(critic.parameters(), ac, ac["critic_lr"])
+        ae = agent["subgoal_autoencoder"]
+        optimizers["autoencoder"] = _adamw(self.autoencoder.parameters(), ae, ae["lr"])
+        return optimizers
+
+    def grad_clips(self) -> dict[str, float]:
+        agent = self.cfg["agent"]
+        clips = {"actor": agent["actor_critic"]["grad_clip"], "autoencoder": agent["subgoal_autoencoder"]["grad_clip"]}
+        clips.update({f"critic_{term}": agent["actor_critic"]["grad_clip"] for term in self.actor_critic.critics})
+        clips["world_model"] = agent["world_model"]["grad_clip"]
+        return clips
+
+    # ---------------------------------------------------------------- acting
+    def goal_input(self, code: Tensor | None) -> Tensor | None:
+        """The goal input of this level's actor for a subgoal code (..., latents, classes) from the level above."""
+        if self.goal_encoding is None:
+            return None
+        decoded = self.autoencoder.decode(code) if self.goal_encoding.decodes else None
+        return self.goal_encoding(code, decoded)
+
+    def policy_inputs(self, state: State, goal: Tensor | None) -> Tensor:
+        return self.policy_inputs_and_heads(state, goal)[0]
+
+    def policy_inputs_and_heads(self, state: State, goal: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Eq. 3 actor input, plus the predicted reward r_hat and continue probability c_hat it contains."""
+        wm = self.world_model
+        feat = wm.features(state)
+        reward, cont = wm.reward(feat).mode(), wm.cont(feat).mean()
+        return self.actor_critic.inputs(feat, reward, cont, state["prior_ent"], goal), reward, cont
+
+    # -------------------------------------------------------------- training
+    def intrinsic_rewards(self, deter: Tensor, goal_code: Tensor | None) -> dict[str, Tensor]:
+        """r_g and r_nov of eq. 2 for imagined h (H, N, D); the decoded goal lives in this level's h-space."""
+        rewards = {}
+        weights = self.actor_critic.reward_weights
+        if "subgoal" in weights:
+            goal = self.autoencoder.decode(goal_code).detach()  # (N, D), held over the horizon (spec 5.3)
+            rewards["subgoal"] = subgoal_reward(goal.unsqueeze(0), deter, self.hierarchy_cfg["subgoal_reward"])
+        if "novelty" in weights:
+            rewards["novelty"] = self.autoencoder.novelty(deter, self.hierarchy_cfg["novelty_reward"])
+        return rewards
+
+    def imagine(self, start: State, goal_code: Tensor | None, start_cont: Tensor, horizon: int):
+        """Imagine from N start states; returns (actor-critic inputs (H, N, I), actions, rewards, cont, states)."""
+        wm, ac = self.world_model, self.actor_critic
+        goal = self.goal_input(goal_code)
+        goal = goal.detach() if goal is not None else None
+
+        recorded: list[tuple[Tensor, Tensor, Tensor]] = []
+
+        def policy(state: State, t: int) -> Tensor:
+            inputs, reward, cont = self.policy_inputs_and_heads(state, goal)
+            recorded.append((inputs, reward, cont))
+            return ac.act(inputs)
+
+        with torch.no_grad():  # REINFORCE: no gradient flows through the imagined dynamics
+            states, actions = wm.dynamics.imagine(start, policy, horizon)
+            inputs, reward, cont = (torch.stack(parts) for parts in zip(*recorded))  # (H, N, ...)
+            cont = torch.cat([start_cont.unsqueeze(0), cont[1:]], 0)  # c_0 from the data (DreamerV3)
+            rewards = {"extrinsic": reward, **self.intrinsic_rewards(states["deter"], goal_code)}
+        return inputs, actions, rewards, cont, states
+
+    def train_step(
+        self, batch: Mapping[str, Tensor], optimizers: Mapping[str, torch.optim.Optimizer], fabric
+    ) -> tuple[dict[str, Tensor], State]:
+        """One update of this level from a replay batch: world model, then actor-critic and autoencoder on
+        trajectories imagined from every posterior state of the batch. Returns (metrics, the starts used)."""
+        metrics: dict[str, Tensor] = {}
+        with fabric.autocast():
+            wm_loss, post, wm_metrics = self.world_model.loss(batch)
+        metrics.update(wm_metrics)
+        clip = self.grad_clips()["world_model"]
+        metrics["model_grad_norm"] = self._step(optimizers["world_model"], wm_loss, self.world_model, clip, fabric)
+        start = {key: value.detach().flatten(0, 1) for key, value in post.items() if key != "prior_logit"}
+        start_cont = 1.0 - batch["is_terminal"].float().flatten(0, 1)
+        goal_code = batch["goal_code"].float().flatten(0, 1) if self.has_goal else None
+        count = self.cfg["agent"]["actor_critic"]["imag_starts"]
+        if 0 < count < start_cont.shape[0]:  # a random subset of the B*T starts (CPU-scale runs)
+            pick = torch.randperm(start_cont.shape[0], device=start_cont.device)[:count]
+            start = {key: value[pick] for key, value in start.items()}
+            start_cont = start_cont[pick]
+            goal_code = goal_code[pick] if goal_code is not None else None
+        self.actor_critic.update_slow_critics()
+        horizon = self.cfg["agent"]["actor_critic"]["imag_horizon"]
+        with fabric.autocast():
+            inputs, actions, rewards, cont, states = self.imagine(start, goal_code, start_cont, horizon)
+        metrics.update(self.train_behavior(inputs, actions, rewards, cont, states["deter"], optimizers, fabric))
+        return metrics, start
+
+    def train_behavior(
+        self,
+        inputs: Tensor,
+        actions: Tensor,
+        rewards: Mapping[str, Tensor],
+        cont: Tensor,
+        imagined_h: Tensor,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        fabric,
+    ) -> dict[str, Tensor]:
+        """Actor, critics and subgoal autoencoder on one imagined trajectory (time first: (H, N, ...))."""
+        ac, clips = self.actor_critic, self.grad_clips()
+        with fabric.autocast():
+            actor_loss, critic_losses, metrics = ac.losses(inputs, actions, rewards, cont)
+        metrics["actor_loss"] = actor_loss.detach()
+        metrics["actor_grad_norm"] = self._step(optimizers["actor"], actor_loss, ac.actor, clips["actor"], fabric)
+        for term, loss in critic_losses.items():
+            metrics[f"value_{term}_loss"] = loss.detach()
+            name = f"critic_{term}"
+            metrics[f"value_{term}_grad_norm"] = self._step(
+                optimizers[name], loss, ac.critics[term], clips[name], fabric
+            )
+        if self.needs_autoencoder:
+            with fabric.autocast():
+                ae_loss, ae_metrics = self.autoencoder.loss(imagined_h.flatten(0, -2))
+            metrics.update({key if key.startswith("subgoal") else f"subgoal_{key}": v for key, v in ae_metrics.items()})
+            metrics["subgoal_autoencoder_grad_norm"] = self._step(
+                optimizers["autoencoder"], ae_loss, self.autoencoder, clips["autoencoder"], fabric
+            )
+        return metrics
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module, clip: float, fabric) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
+        optimizer.step()
+        return norm.detach() if isinstance(norm, Tensor) else torch.tensor(float("nan"))

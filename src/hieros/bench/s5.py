@@ -1,0 +1,254 @@
+"""Benchmark: resettable S5 parallel scan vs a step-by-step loop, and the imagination-time recurrent step.
+
+Setup (full run): CPU, ``torch.set_num_threads(2)``, the paper's sequence model = 4 double blocks
+(:class:`hieros.nets.s5.S5Block`, H 256, P 128, J 4, i.e. 8 S5 layers), batch 16, T ∈ {64, 1024}, resets with
+probability 1/64 per step plus ``is_first[:, 0]``.
+
+Figures (milliseconds are medians over ``iterations`` timed runs after ``warmup`` untimed runs):
+
+* ``scan_forward_ms`` / ``loop_forward_ms``: inference (``no_grad``, eval mode). The loop calls
+  ``S5Block.step`` T times with the discretisation computed once.
+* ``scan_train_ms`` / ``loop_train_ms``: forward + backward of ``out.square().mean() + states.real.mean()``.
+* ``*_saved_for_backward_mib``: bytes of the distinct tensor storages autograd saves for the backward pass
+  (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded: the activation memory of training.
+* ``*_peak_rss_delta_mib`` (full run only): torch has no CPU memory statistics, so each training step runs once in
+  a fresh Python process and the increase of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` across it is reported
+  (peak resident memory above what the process held after building the model and inputs; includes allocator
+  slack and temporaries).
+* ``imagination``: one rollout of ``horizon`` recurrent steps of the stack for ``starts`` start states
+  (``no_grad``): with Λ̄, B̄ computed once per rollout, re-discretised at every step (the original's
+  ``forward_rnn``, B̄ still shared), and one step with a per-sample B̄ (N, P, H) as the original's
+  ``vmap(forward_rnn)`` materialises it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from hieros.nets.s5 import S5Block
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Config:
+    d_model: int
+    state_size: int
+    blocks: int
+    num_blocks: int
+    batch: int
+    seed: int = 0
+
+
+def _build(config: _Config) -> nn.ModuleList:
+    torch.manual_seed(config.seed)
+    return nn.ModuleList(S5Block(config.d_model, config.state_size, config.blocks) for _ in range(config.num_blocks))
+
+
+def _inputs(config: _Config, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    x = torch.randn(config.batch, length, config.d_model, generator=generator)
+    reset = torch.rand(config.batch, length, generator=generator) < 1 / 64
+    reset[:, 0] = True
+    return x, reset
+
+
+def _scan(stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    states = []
+    for block in stack:
+        x, block_states = block(x, reset)
+        states.append(block_states)
+    return x, torch.cat(states, -1)
+
+
+def _loop(stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    discretized = [block.discretize() for block in stack]
+    carry = [block.initial_state(x.shape[0]) for block in stack]
+    outputs, states = [], []
+    for t in range(x.shape[1]):
+        h = x[:, t]
+        for i, block in enumerate(stack):
+            h, carry[i] = block.step(h, carry[i], reset[:, t], discretized=discretized[i])
+        outputs.append(h)
+        states.append(torch.cat(carry, -1))
+    return torch.stack(outputs, 1), torch.stack(states, 1)
+
+
+_FORWARDS: dict[str, Callable] = {"scan": _scan, "loop": _loop}
+
+
+def _train_step(forward: Callable, stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> None:
+    stack.zero_grad(set_to_none=True)
+    out, states = forward(stack, x, reset)
+    (out.square().mean() + states.real.mean()).backward()
+
+
+def _median_ms(fn: Callable[[], object], iterations: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _saved_for_backward_mib(forward: Callable, stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> float:
+    parameter_storages = {p.untyped_storage().data_ptr() for p in stack.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out, states = forward(stack, x, reset)
+        loss = out.square().mean() + states.real.mean()
+    peak = sum(storages.values()) / 2**20
+    loss.backward()
+    return peak
+
+
+def _peak_rss_child(config: dict, length: int, method: str, threads: int) -> float:
+    """Run in a fresh process: max-RSS increase (MiB) over one training step."""
+    torch.set_num_threads(threads)
+    cfg = _Config(**config)
+    stack = _build(cfg)
+    x, reset = _inputs(cfg, length)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _train_step(_FORWARDS[method], stack, x, reset)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux: KiB
+
+
+def _peak_rss_mib(config: _Config, length: int, method: str, threads: int) -> float | None:
+    """:func:`_peak_rss_child` in a fresh interpreter; None (and a warning) if that process fails."""
+    code = (
+        "import json, sys; from hieros.bench.s5 import _peak_rss_child; "
+        "print(json.dumps(_peak_rss_child(*json.loads(sys.argv[1]))))"
+    )
+    arguments = json.dumps([asdict(config), length, method, threads])
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code, arguments], capture_output=True, text=True, timeout=3600, check=True
+        )
+        return float(child.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as error:
+        stderr = getattr(error, "stderr", "") or ""
+        _LOG.warning("peak-RSS measurement (%s, T=%d) failed: %s %s", method, length, error, stderr[-1000:])
+        return None
+
+
+def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: int, warmup: int) -> dict:
+    generator = torch.Generator().manual_seed(7)
+    d_model = stack[0].d_model
+    inputs = torch.randn(horizon, starts, d_model, generator=generator)
+    start_states = [torch.randn(starts, b.state_size_total, generator=generator, dtype=torch.complex64) for b in stack]
+    no_reset = torch.zeros(starts, dtype=torch.bool)
+
+    def rollout(precompute: bool) -> None:
+        discretized = [block.discretize() if precompute else None for block in stack]
+        carry = list(start_states)
+        for t in range(horizon):
+            h = inputs[t]
+            for i, block in enumerate(stack):
+                h, carry[i] = block.step(h, carry[i], no_reset, discretized=discretized[i])
+
+    def per_sample_step() -> None:
+        # the original vmaps forward_rnn over the batch: every sample gets its own B̄ (N, P, H)
+        h = inputs[0]
+        for i, block in enumerate(stack):
+            state_1, state_2 = start_states[i].chunk(2, -1)
+            for layer, norm, linear, state in (
+                (block.s5_1, block.norm_1, block.linear_1, state_1),
+                (block.s5_2, block.norm_2, block.linear_2, state_2),
+            ):
+                u = norm(h)
+                step = torch.exp(layer.log_step).expand(starts, -1)
+                lambda_bar = torch.exp(layer.Lambda * step)
+                b_bar = ((lambda_bar - 1) / layer.Lambda)[..., None] * layer.B_tilde
+                x = lambda_bar * state + torch.bmm(b_bar, u.to(torch.complex64)[..., None])[..., 0]
+                y = (x @ layer.C.T).real + layer.D * u
+                h = torch.nn.functional.gelu(linear(y)) + h
+            h = h + block.norm_3(h)
+
+    with torch.no_grad():
+        shared = _median_ms(lambda: rollout(True), iterations, warmup)
+        rediscretised = _median_ms(lambda: rollout(False), iterations, warmup)
+        per_sample = _median_ms(per_sample_step, max(3, iterations // 3), 1)
+    steps = horizon * len(stack)
+    return {
+        "starts": starts,
+        "horizon": horizon,
+        "rollout_ms": shared,
+        "rollout_rediscretise_every_step_ms": rediscretised,
+        "step_ms": shared / horizon,
+        "per_sample_bbar_step_ms": per_sample,
+        "per_sample_bbar_vs_shared_per_step": per_sample / (shared / horizon),
+        "block_steps_per_rollout": steps,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    threads = 2
+    torch.set_num_threads(threads)
+    if quick:
+        config = _Config(d_model=32, state_size=16, blocks=4, num_blocks=2, batch=4)
+        lengths, iterations, warmup = (16,), 3, 1
+        starts, horizon = 32, 4
+    else:
+        config = _Config(d_model=256, state_size=128, blocks=4, num_blocks=4, batch=16)
+        lengths, iterations, warmup = (64, 1024), 10, 2
+        starts, horizon = 1024, 16
+    stack = _build(config)
+    results: dict = {
+        "config": {**asdict(config), "threads": threads, "iterations": iterations, "warmup": warmup},
+        "torch": torch.__version__,
+        # other processes sharing the CPU inflate the timings (each op of a 2-thread pool waits for both threads)
+        "load_average_1min_before": os.getloadavg()[0],
+        "sequence": {},
+    }
+    for length in lengths:
+        x, reset = _inputs(config, length)
+        figures: dict = {}
+        for method, forward in _FORWARDS.items():
+            _LOG.info("S5 bench: %s, T=%d", method, length)
+            stack.eval()
+            with torch.no_grad():
+                figures[f"{method}_forward_ms"] = _median_ms(partial(forward, stack, x, reset), iterations, warmup)
+            stack.train()
+            figures[f"{method}_train_ms"] = _median_ms(
+                partial(_train_step, forward, stack, x, reset), iterations, warmup
+            )
+            figures[f"{method}_saved_for_backward_mib"] = _saved_for_backward_mib(forward, stack, x, reset)
+            if not quick:
+                figures[f"{method}_peak_rss_delta_mib"] = _peak_rss_mib(config, length, method, threads)
+        figures["forward_speedup_scan_vs_loop"] = figures["loop_forward_ms"] / figures["scan_forward_ms"]
+        figures["train_speedup_scan_vs_loop"] = figures["loop_train_ms"] / figures["scan_train_ms"]
+        results["sequence"][f"T{length}"] = figures
+        _LOG.info("S5 bench: T=%d %s", length, json.dumps(figures))
+    stack.eval()
+    _LOG.info("S5 bench: imagination, %d starts x %d steps", starts, horizon)
+    results["imagination"] = _imagination(stack, starts, horizon, iterations, warmup)
+    results["load_average_1min_after"] = os.getloadavg()[0]
+    return results
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m hieros.bench.s5 [--quick]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -1,0 +1,1 @@
+"""The training loop (Lightning Fabric), its clock, evaluation and run bookkeeping."""

@@ -1,0 +1,143 @@
+"""What a training run prints: a start banner, then a rich progress bar on a terminal or plain log lines otherwise.
+
+On a TTY the bar shows steps, steps per second, time left, the latest episode score and each level's world-model
+loss, refreshed by rich's own thread (the loop only sets numbers). Without a TTY (SLURM output files, pipes) every
+report is one line such as::
+
+    [hieros] step 2000/100000 (2.0%) | 11.8 sps | eta 2:18:30 | score 3.00 | L0 model_loss 1.234 | L1 model_loss 0.456
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+
+def _format_eta(seconds: float) -> str:
+    if not seconds or seconds != seconds or seconds == float("inf"):
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def level_losses(report: Mapping[str, Any], levels: int) -> list[tuple[int, float]]:
+    """(level, world-model loss) of the levels that trained since the last report."""
+    return [
+        (level, float(report[key]))
+        for level in range(levels)
+        if isinstance(report.get(key := f"train/level{level}/model_loss"), int | float)
+    ]
+
+
+def status_text(report: Mapping[str, Any], levels: int, score: float | None) -> str:
+    parts = [f"score {score:.2f}" if score is not None else "score -"]
+    parts += [f"L{level} model_loss {loss:.3f}" for level, loss in level_losses(report, levels)]
+    return " | ".join(parts)
+
+
+class Console:
+    """``mode``: auto (rich on a TTY, plain otherwise) | rich | plain."""
+
+    def __init__(self, total_steps: int, levels: int, mode: str = "auto", stream: TextIO | None = None) -> None:
+        if mode not in ("auto", "rich", "plain"):
+            raise ValueError(f"training.progress={mode!r} is invalid: allowed is auto | rich | plain")
+        self.stream = stream or sys.stdout
+        self.rich = mode == "rich" or (mode == "auto" and self.stream.isatty())
+        self.total = int(total_steps)
+        self.levels = levels
+        self._progress = None
+        self._task = None
+        self._start_time = time.monotonic()
+        self._start_step = 0
+        if self.rich:
+            from rich.console import Console as RichConsole
+
+            self._console = RichConsole(file=self.stream, force_terminal=mode == "rich" or None)
+
+    # ------------------------------------------------------------------ messages
+    def info(self, message: str) -> None:
+        if self.rich:
+            self._console.print(message, markup=False, highlight=False)
+        else:
+            print(f"[hieros] {message}", file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.rich:
+            self._console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+        else:
+            print(f"[hieros] WARNING: {message}", file=self.stream, flush=True)
+
+    def banner(self, title: str, rows: Iterable[tuple[str, str]]) -> None:
+        rows = list(rows)
+        if self.rich:
+            from rich.panel import Panel
+            from rich.table import Table
+
+            table = Table.grid(padding=(0, 2))
+            table.add_column(style="bold cyan", no_wrap=True)
+            table.add_column(overflow="fold")
+            for label, value in rows:
+                table.add_row(label, value)
+            self._console.print(Panel(table, title=title, expand=False))
+            return
+        width = max((len(label) for label, _ in rows), default=0)
+        lines = [f"[hieros] {title}"] + [f"[hieros]   {label.ljust(width)}  {value}" for label, value in rows]
+        print("\n".join(lines), file=self.stream, flush=True)
+
+    # ------------------------------------------------------------------ progress
+    def start(self, step: int) -> None:
+        self._start_step, self._start_time = int(step), time.monotonic()
+        if not self.rich:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[sps]} sps"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=self._console,
+            refresh_per_second=2,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=self.total, completed=step, sps="-", status="")
+
+    def advance(self, step: int) -> None:
+        """Every loop iteration: only moves the bar (cheap); nothing is printed in plain mode."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def report(self, step: int, report: Mapping[str, Any], score: float | None) -> None:
+        sps = report.get("sps")
+        status = status_text(report, self.levels, score)
+        if self._progress is not None:
+            self._progress.update(
+                self._task, completed=step, sps=f"{sps:.1f}" if isinstance(sps, float) else "-", status=status
+            )
+            return
+        elapsed = time.monotonic() - self._start_time
+        rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        percent = 100.0 * step / max(1, self.total)
+        sps_text = f"{sps:.1f}" if isinstance(sps, float) else "-"
+        line = f"step {step}/{self.total} ({percent:.1f}%) | {sps_text} sps | eta {_format_eta(eta)} | {status}"
+        print(f"[hieros] {line}", file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,468 @@
+"""The training loop, readable top to bottom (CleanRL style):
+
+    resume from the newest good checkpoint (if any) -> build envs, agent, replays -> attach the tracker ->
+    loop { act, store, train as the ratio allows, log, evaluate, media, checkpoint } -> checkpoint, final evaluation
+
+One agent step = one policy call for every parallel environment (``num_envs`` steps counted). Level 0 gets
+``train_ratio / (batch_size x batch_length)`` updates per agent step; level i trains on every k^i-th of them.
+
+Re-running the same command in the same run directory resumes: the checkpoint restores every level's modules,
+optimisers and schedulers, the counters, the train-ratio clock, the random generators and the replays' positions
+(their data stays in ``<run_dir>/replay``); the environments start fresh episodes. The plumbing lives in
+:mod:`~hieros.training.checkpoint`, :mod:`~hieros.training.tracking`, :mod:`~hieros.training.console`,
+:mod:`~hieros.training.media` and :mod:`~hieros.training.preemption`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+
+from hieros.agent.hierarchy import Hierarchy
+from hieros.envs.vector import VectorEnv, make_vector_env
+from hieros.registry import Registry
+from hieros.replay import Replay
+from hieros.training.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointDir,
+    NumpyState,
+    RandomState,
+    check_compatible,
+    restore,
+)
+from hieros.training.console import Console
+from hieros.training.media import write_run_media
+from hieros.training.preemption import Preemption
+from hieros.training.ratio import TrainRatio
+from hieros.training.tracking import MetricsFile, Tracker, make_tracker
+
+
+class MetricMeans:
+    """Running means of scalar metrics between two reports. Tensors are summed where they live (no device sync per
+    update); :meth:`pop` reads them back once."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+        self._counts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+
+    def add(self, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        if not metrics:
+            return
+        keys = tuple(metrics)
+        values = torch.stack([torch.as_tensor(metrics[key]).detach().float().mean().cpu() for key in keys])
+        finite = torch.isfinite(values)
+        group = (prefix, keys)
+        if group not in self._sums:
+            self._sums[group] = torch.zeros_like(values)
+            self._counts[group] = torch.zeros_like(values)
+        self._sums[group] += torch.where(finite, values, torch.zeros_like(values))
+        self._counts[group] += finite.float()
+
+    def pop(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for (prefix, keys), total in self._sums.items():
+            for key, value, count in zip(keys, total.tolist(), self._counts[(prefix, keys)].tolist()):
+                sums[prefix + key] = sums.get(prefix + key, 0.0) + value
+                counts[prefix + key] = counts.get(prefix + key, 0.0) + count
+        self._sums.clear()
+        self._counts.clear()
+        return {key: sums[key] / counts[key] for key in sums if counts[key] > 0}
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """A cadence of ``every`` steps (0 = never) fires when the step count passes one of its multiples."""
+    return every > 0 and after // every > before // every
+
+
+class Run:
+    """Everything one training run holds: the agent, its optimisers, replays, clocks and counters."""
+
+    def __init__(self, cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> None:
+        self.cfg, self.registry, self.run_dir, self.fabric = cfg, registry, Path(run_dir), fabric
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        training = cfg.training
+        self.num_envs = training.num_envs
+        self.envs = make_vector_env(registry, cfg.env, self.num_envs, seed=cfg.seed, parallel=training.parallel_envs)
+        obs_space = self.envs.observation_space
+        self.obs_shapes = {key: tuple(space.shape) for key, space in obs_space.spaces.items()}
+        self.device = fabric.device
+        self.agent = Hierarchy(self.config, registry, self.obs_shapes, self.envs.action_dim).to(self.device)
+        self.optimizers = [level.make_optimizers() for level in self.agent.levels]
+        warmup = max(1, cfg.agent.world_model.warmup_steps)
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opts["world_model"], lambda update: min(1.0, (update + 1) / warmup))
+            for opts in self.optimizers
+            if "world_model" in opts
+        ]
+        self.replays = [
+            Replay(
+                spec,
+                capacity=training.replay_capacity,
+                num_streams=self.num_envs,
+                window=training.batch_length,
+                sampler=registry.build("sampler", cfg.sampler),
+                directory=self.run_dir / "replay" / f"level{index}",
+            )
+            for index, spec in enumerate(self.agent.replay_specs())
+        ]
+        self.rng = np.random.default_rng(cfg.seed)
+        self.ratio = TrainRatio(training.train_ratio / (training.batch_size * training.batch_length))
+        self.step = 0
+        self.updates = [0] * len(self.agent.levels)
+        self.episodes: list[dict[str, float]] = []
+        self.metrics_offset = 0  # bytes of metrics.jsonl written up to the last checkpoint
+        self.metrics = MetricMeans()
+        self.acting = self.agent.initial_acting_state(self.num_envs, self.device)
+
+    # ------------------------------------------------------------ checkpoint
+    def stateful(self) -> dict[str, Any]:
+        """The objects a checkpoint restores in place (module, optimisers, schedulers, clocks, replays, RNG)."""
+        objects: dict[str, Any] = {"agent": self.agent}
+        for index, optimizers in enumerate(self.optimizers):
+            objects.update({f"optimizer/level{index}/{name}": opt for name, opt in optimizers.items()})
+        objects.update({f"scheduler/{index}": scheduler for index, scheduler in enumerate(self.schedulers)})
+        objects["ratio"] = self.ratio
+        objects.update({f"replay/level{index}": NumpyState(replay) for index, replay in enumerate(self.replays)})
+        objects["rng"] = RandomState(self.rng)
+        return objects
+
+    def state(self, tracker: Tracker) -> dict[str, Any]:
+        """What :meth:`CheckpointDir.save` writes: the stateful objects plus plain values."""
+        for replay in self.replays:
+            replay.flush()
+        counters = {
+            "step": self.step,
+            "updates": list(self.updates),
+            "episodes": list(self.episodes),
+            "metrics_offset": self.metrics_offset,
+        }
+        mlflow = {"run_id": tracker.run_id or "", "tracking_uri": tracker.uri or ""}
+        return {
+            "format": FORMAT_VERSION,
+            "config": self.config,
+            **self.stateful(),
+            "counters": counters,
+            "mlflow": mlflow,
+        }
+
+    def restore(self, payload: Mapping[str, Any]) -> None:
+        rest = restore(self.stateful(), payload)
+        counters = rest["counters"]
+        self.step = int(counters["step"])
+        self.updates = [int(n) for n in counters["updates"]]
+        self.episodes = [dict(episode) for episode in counters["episodes"]]
+        self.metrics_offset = int(counters["metrics_offset"])
+
+    # --------------------------------------------------------------- acting
+    def store(self, rows) -> None:
+        for replay, row in zip(self.replays, rows):
+            if row is None:
+                continue
+            envs = row.pop("env")
+            if len(envs) != self.num_envs:
+                raise NotImplementedError(
+                    "higher levels of several parallel environments out of step need a per-stream replay add; "
+                    "use training.num_envs=1 with hierarchy.layers>1"
+                )
+            replay.add(row)
+
+    def record_episodes(self, obs: Mapping[str, np.ndarray]) -> None:
+        for env in np.flatnonzero(obs["is_last"]):
+            episode = {"step": self.step, "return": float(obs["episode_return"][env])}
+            episode["length"] = float(obs["episode_length"][env])
+            self.episodes.append(episode)
+            self.metrics.add({"episode/score": episode["return"], "episode/length": episode["length"]})
+
+    @property
+    def latest_score(self) -> float | None:
+        return self.episodes[-1]["return"] if self.episodes else None
+
+    # -------------------------------------------------------------- training
+    def train(self) -> None:
+        training = self.cfg.training
+        if self.step < training.prefill or len(self.replays[0]) < training.min_windows:
+            return
+        for _ in range(self.ratio(self.step)):
+            self.train_level(0)
+            for index in range(1, len(self.agent.levels)):
+                due = self.agent.level_due(index, self.updates[0])
+                if due and len(self.replays[index]) >= training.min_windows:
+                    self.train_level(index)
+
+    def train_level(self, index: int) -> None:
+        batch = self.replays[index].sample(self.cfg.training.batch_size, self.rng)
+        batch = Hierarchy.to_tensors(batch, self.device)
+        level = self.agent.levels[index]
+        metrics, _ = level.train_step(batch, self.optimizers[index], self.fabric)
+        if index < len(self.schedulers):
+            self.schedulers[index].step()
+        self.updates[index] += 1
+        self.metrics.add(metrics, prefix=f"train/level{index}/")
+
+    def report(self, steps_per_second: float) -> dict[str, float]:
+        """The means since the last report, steps per second, update counts and replay sizes."""
+        report = {"sps": steps_per_second, **self.metrics.pop()}
+        report.update({f"updates/level{i}": n for i, n in enumerate(self.updates)})
+        report.update({f"replay/level{i}_steps": replay.steps for i, replay in enumerate(self.replays)})
+        return report
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int, mode: str) -> list[float]:
+        """Run ``episodes`` episodes in fresh environments with a fresh acting state (shares nothing with training)."""
+        if episodes <= 0:
+            return []
+        training = self.cfg.training
+        num = max(1, min(training.eval_num_envs, episodes))
+        envs = make_vector_env(self.registry, self.cfg.env, num, seed=self.cfg.seed + 100_000)
+        try:
+            return run_episodes(self.agent, envs, episodes, mode, self.cfg.seed + 100_000, self.device)
+        finally:
+            envs.close()
+
+
+def run_episodes(
+    agent: Hierarchy,
+    envs: VectorEnv,
+    episodes: int,
+    mode: str,
+    seed: int,
+    device,
+    on_step: Callable[[Mapping[str, np.ndarray]], None] | None = None,
+) -> list[float]:
+    """Returns of the first ``episodes`` episodes to end; ``on_step`` sees every transition dict (e.g. to record
+    frames)."""
+    acting = agent.initial_acting_state(envs.num_envs, device)
+    obs = envs.reset(seed=seed)
+    returns: list[float] = []
+    while len(returns) < episodes:
+        if on_step is not None:
+            on_step(obs)
+        actions, _ = agent.act(obs, acting, mode)
+        obs = envs.step(actions)
+        for env in np.flatnonzero(obs["is_last"]):
+            if len(returns) < episodes:
+                returns.append(float(obs["episode_return"][env]))
+    if on_step is not None:
+        on_step(obs)
+    return returns
+
+
+def final_scores(run: Run, evaluation: Mapping[str, list[float]]) -> dict[str, Any]:
+    """scores.json (spec section 1.4): final evaluation per policy mode, and the mean training return over the
+    last 10% of steps."""
+    steps = run.cfg.training.steps
+    tail = [episode["return"] for episode in run.episodes if episode["step"] > 0.9 * steps]
+    return {
+        "final_eval": {
+            mode: {"mean": float(np.mean(r)) if r else None, "episodes": r} for mode, r in evaluation.items()
+        },
+        "train_return_last10pct": float(np.mean(tail)) if tail else None,
+        "train_episodes_last10pct": len(tail),
+        "agent_steps": run.step,
+        "env_frames": run.step * int(run.cfg.env.get("action_repeat", 1)),
+        "updates": run.updates,
+        "train_episodes": len(run.episodes),
+    }
+
+
+def make_fabric(cfg: DictConfig) -> Fabric:
+    return Fabric(
+        accelerator=cfg.fabric.accelerator,
+        devices=cfg.fabric.devices,
+        precision=cfg.fabric.precision,
+        strategy=cfg.fabric.strategy,
+    )
+
+
+def _write_json(path: Path, content: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    os.replace(tmp, path)
+
+
+def _finished_scores(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """scores.json of a run that already finished at ``step`` (a rerun then only syncs the tracker)."""
+    try:
+        scores = json.loads((run_dir / "scores.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return scores if isinstance(scores, dict) and scores.get("agent_steps") == step else None
+
+
+def banner_rows(run: Run, run_dir: Path, resumed: str, tracker: Tracker) -> list[tuple[str, str]]:
+    config = run.config
+    env = config["env"]
+    game = env.get("game") or env.get("id") or ""
+    model = config["model"]
+    hierarchy = config["hierarchy"]
+    training = config["training"]
+    rows = [
+        ("run directory", str(run_dir)),
+        ("start", resumed),
+        ("environment", f"{env['name']} {game} obs {run.obs_shapes} actions {run.envs.action_dim}"),
+        ("sequence model", config["sequence_model"]["name"]),
+        ("sampler", config["sampler"]["name"]),
+        ("goal encoding", config["goal_encoding"]["name"]),
+        ("model", f"deter {model['deter']}, stoch {model['stoch']}x{model['classes']}, units {model['units']}"),
+        ("hierarchy", f"{hierarchy['layers']} level(s), k={hierarchy['k']}"),
+        (
+            "budget",
+            f"{training['steps']} agent steps, train ratio {training['train_ratio']}, "
+            f"batch {training['batch_size']}x{training['batch_length']}",
+        ),
+        ("device", f"{run.fabric.device} ({config['fabric']['precision']})"),
+        ("tracking", tracker.describe()),
+    ]
+    if tracker.uri:
+        rows.append(("dashboard", dashboard_command(tracker.uri)))
+    return rows
+
+
+def dashboard_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Limit torch's CPU threads for the run (0 = leave torch's default); restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None = None) -> dict[str, Any]:
+    """Train one agent as ``cfg`` says (resuming from ``run_dir``'s checkpoints); returns the content of scores.json."""
+    with torch_threads(int(cfg.training.get("torch_threads", 0) or 0)):
+        return _train(cfg, registry, run_dir, fabric)
+
+
+def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None) -> dict[str, Any]:
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    training = cfg.training
+    config = OmegaConf.to_container(cfg, resolve=True)
+    console = Console(training.steps, cfg.hierarchy.layers, training.get("progress", "auto"))
+
+    # Resume: the newest checkpoint that verifies, if its config is compatible.
+    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=training.keep_checkpoints)
+    latest = checkpoints.load_latest(report=console.warn)
+    if latest is not None:
+        check_compatible(latest.payload["config"], config, latest.path)
+    payload = latest.payload if latest is not None else {}
+
+    # Records: metrics.jsonl cut back to the checkpoint, then the tracker (fails here if its store is unreachable).
+    metrics_file = MetricsFile(
+        run_dir / "metrics.jsonl", keep_bytes=payload.get("counters", {}).get("metrics_offset", 0)
+    )
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    tracker = make_tracker(config, run_dir, console.warn, run_id_hint=payload.get("mlflow", {}).get("run_id") or None)
+    tracker.rewind_metrics(metrics_file.offset)
+    run: Run | None = None
+    status = "FAILED"
+    try:
+        tracker.start()
+        fabric = fabric or make_fabric(cfg)
+        fabric.seed_everything(cfg.seed, verbose=False)
+        run = Run(cfg, registry, run_dir, fabric)
+        resumed = "fresh start"
+        if latest is not None:
+            run.restore(payload)
+            resumed = f"resumed from {latest.path.name} (step {run.step})"
+        console.banner("HIEROS training", banner_rows(run, run_dir, resumed, tracker))
+        done = _finished_scores(run_dir, run.step) if run.step >= training.steps else None
+        if done is not None:
+            console.info(f"run already finished at step {run.step}; scores in {run_dir / 'scores.json'}")
+            status = "FINISHED"
+            return done
+
+        def save_checkpoint() -> None:
+            run.metrics_offset = metrics_file.offset
+            checkpoints.save(fabric, run.state(tracker), run.step)
+            if tracker.wants_media:
+                tracker.poke()
+
+        def write_media() -> None:
+            if tracker.wants_media:
+                write_run_media(run, run_dir / "media", run.step, report=console.info)
+                tracker.poke()
+
+        obs = run.envs.reset(seed=cfg.seed + run.step)
+        last_time, last_step, saved_step = time.monotonic(), run.step, run.step
+        checkpoint_due = time.monotonic() + 60 * training.checkpoint_minutes
+        console.start(run.step)
+        with Preemption() as preemption:
+            while run.step < training.steps:
+                before = run.step
+                mode = "random" if run.step < training.prefill else "sampled"
+                actions, rows = run.agent.act(obs, run.acting, mode)
+                run.store(rows)
+                obs = run.envs.step(actions)
+                run.step += run.num_envs
+                run.record_episodes(obs)
+                run.train()
+                console.advance(run.step)
+
+                if crossed(before, run.step, training.log_every) or run.step >= training.steps:
+                    now = time.monotonic()
+                    report = run.report((run.step - last_step) / max(now - last_time, 1e-9))
+                    metrics_file.write(run.step, report)
+                    console.report(run.step, report, run.latest_score)
+                    last_time, last_step = now, run.step
+                if crossed(before, run.step, training.eval_every) and run.step < training.steps:
+                    scores = {mode: run.evaluate(training.eval_episodes, mode) for mode in training.eval_modes}
+                    metrics_file.write(
+                        run.step, {f"eval/{mode}_score": float(np.mean(r)) for mode, r in scores.items() if r}
+                    )
+                if crossed(before, run.step, tracker.media_every) and run.step < training.steps:
+                    write_media()
+                wall_clock_due = training.checkpoint_minutes > 0 and time.monotonic() >= checkpoint_due
+                if crossed(before, run.step, training.checkpoint_every) or wall_clock_due or preemption.requested:
+                    save_checkpoint()
+                    saved_step, checkpoint_due = run.step, time.monotonic() + 60 * training.checkpoint_minutes
+                    preemption.forward()  # exits (or requeues under submitit) when a signal asked for it
+            console.stop()
+            if saved_step != run.step or not checkpoints.paths():
+                save_checkpoint()
+
+        # Final evaluation (spec section 1.4), media and scores.
+        evaluation = {mode: run.evaluate(training.final_eval_episodes, mode) for mode in training.eval_modes}
+        means = {mode: float(np.mean(returns)) for mode, returns in evaluation.items() if returns}
+        metrics_file.write(
+            run.step, {f"{kind}/{mode}_score": mean for mode, mean in means.items() for kind in ("eval", "final_eval")}
+        )
+        write_media()
+        scores = final_scores(run, evaluation)
+        _write_json(run_dir / "scores.json", scores)
+        console.info(f"done: {run.step} agent steps; scores in {run_dir / 'scores.json'}")
+        status = "FINISHED"
+        return scores
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        console.stop()
+        metrics_file.close()
+        if run is not None:
+            run.envs.close()
+        if tracker.started:
+            tracker.close(status)
+            console.info(f"tracking: {tracker.describe()}")
+            if tracker.uri:
+                console.info(f"dashboard: {dashboard_command(tracker.uri)}")

@@ -1,0 +1,55 @@
+"""SIGTERM / SIGUSR2 (SLURM preemption, submitit's time-limit warning): checkpoint, then let the signal act.
+
+The handler only sets a flag; the loop checks :attr:`Preemption.requested` once per step, writes a checkpoint and
+calls :meth:`Preemption.forward`, which hands the signal to the handler that was installed before (submitit's
+requeue handler under SLURM) or, for the default action, exits with status 128 + signal number. A second signal
+while the first is pending acts immediately.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR2") if hasattr(signal, name))
+
+
+class Preemption:
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # second signal: do not wait for the loop
+            self._call_previous(signum, frame)
+        self.received = signum
+
+    def forward(self) -> None:
+        """After the checkpoint: run the previous handler of the received signal (may exit or requeue)."""
+        signum, self.received = self.received, None
+        if signum is not None:
+            self._call_previous(signum, None)
+
+    def _call_previous(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise SystemExit(128 + signum)

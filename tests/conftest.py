@@ -1,0 +1,79 @@
+"""Shared test setup: the ``slurm`` marker (skipped unless a SLURM cluster answers) and small helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        # `scontrol ping` fails in ms when slurmctld is down; `sinfo` would retry ~9 s.
+        if subprocess.run(["scontrol", "ping"], capture_output=True, timeout=5).returncode != 0:
+            return False
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(s.strip("*~#") in {"idle", "mixed", "allocated"} for s in out.stdout.split())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slurm: needs a reachable SLURM cluster (shared/slurm/start-local-slurm.sh)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slurm_items = [item for item in items if "slurm" in item.keywords]
+    if not slurm_items or _slurm_up():
+        return
+    skip = pytest.mark.skip(reason="no SLURM cluster (sbatch missing or sinfo shows no usable node)")
+    for item in slurm_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def conf_dir() -> Path:
+    """The folder of the ``hieros.conf`` package (``conf/`` in the repository), wherever the layout puts it."""
+    return Path(str(resources.files("hieros.conf")))
+
+
+@pytest.fixture(scope="session")
+def launchers_dir() -> Path:
+    """The folder of the ``hieros.launchers`` package (launcher presets on the config search path)."""
+    return Path(str(resources.files("hieros.launchers")))
+
+
+def run_python(
+    *args: str, cwd: Path, pythonpath: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``sys.executable *args`` in ``cwd`` (output captured as text); ``pythonpath`` is put first on sys.path.
+
+    ``HIEROS_HOME`` points into ``cwd`` so that nothing a run might write lands in the repository.
+    """
+    full_env = {**os.environ, "HIEROS_HOME": str(cwd / "hieros-home"), "COLUMNS": "400", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    if pythonpath is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def python_runner():
+    """:func:`run_python` as a fixture, for tests that run ``python -m ...`` in a subprocess."""
+    return run_python

@@ -1,0 +1,307 @@
+"""The agent's formulas against hand-computed values, and the hierarchy's data flow between levels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from hieros.agent.actor_critic import ActorCritic, lambda_returns
+from hieros.agent.hierarchy import Hierarchy
+from hieros.agent.subgoal import SubgoalAutoencoder, subgoal_reward
+from hieros.config import level_reward_weights
+from hieros.registry import Registry
+
+
+def compose_config(*overrides: str):
+    with initialize_config_module(version_base="1.3", config_module="hieros.conf"):
+        return compose("config", overrides=["model=tiny", "env=gym", *overrides])
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.default()
+
+
+# ------------------------------------------------------------------ formulas
+def test_lambda_returns_use_next_state_reward_and_continue():
+    reward = torch.tensor([[9.0], [1.0], [2.0], [3.0]])  # reward[0] belongs to s_0 and must be ignored
+    cont = torch.tensor([[0.0], [1.0], [0.5], [1.0]])  # cont[0] likewise
+    value = torch.tensor([[7.0], [4.0], [5.0], [6.0]])
+    gamma, lam = 0.9, 0.8
+    r3 = 6.0
+    r2 = 3.0 + gamma * 1.0 * ((1 - lam) * 6.0 + lam * r3)
+    r1 = 2.0 + gamma * 0.5 * ((1 - lam) * 5.0 + lam * r2)
+    r0 = 1.0 + gamma * 1.0 * ((1 - lam) * 4.0 + lam * r1)
+    expected = torch.tensor([[r0], [r1], [r2]])
+    torch.testing.assert_close(lambda_returns(reward, cont, value, gamma, lam), expected)
+
+
+def test_lambda_one_is_discounted_monte_carlo_with_bootstrap():
+    reward = torch.tensor([[0.0], [1.0], [1.0]])
+    cont = torch.ones(3, 1)
+    value = torch.tensor([[0.0], [0.0], [10.0]])
+    out = lambda_returns(reward, cont, value, 0.5, 1.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0 + 0.5 * (1.0 + 0.5 * 10.0)], [1.0 + 0.5 * 10.0]]))
+
+
+def test_subgoal_reward_is_directors_cosine_max():
+    goal = torch.tensor([3.0, 4.0])  # |g| = 5
+    h = torch.tensor([1.0, 0.0])  # |h| = 1
+    assert subgoal_reward(goal, h).item() == pytest.approx(3.0 / 25.0, rel=1e-6)
+    assert subgoal_reward(goal, goal).item() == pytest.approx(1.0, rel=1e-6)
+    assert subgoal_reward(goal, -goal).item() == pytest.approx(-1.0, rel=1e-6)
+    # the original clamps at 0 and symlogs, on symlog(h)
+    assert subgoal_reward(goal, -goal, "original").item() == 0.0
+    s = torch.sign(h) * torch.log1p(h.abs())
+    expected = math.log1p((goal @ s).item() / max(5.0, s.norm().item()) ** 2)
+    assert subgoal_reward(goal, h, "original").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_novelty_is_l2_reconstruction_error_in_h_space():
+    cfg = compose_config()
+    autoencoder = SubgoalAutoencoder(6, OmegaConf.to_container(cfg, resolve=True)["agent"]["subgoal_autoencoder"])
+    h = torch.randn(5, 6)
+    code = autoencoder.encode(h, sample=False)
+    expected = (h - autoencoder.decode(code)).norm(dim=-1)
+    torch.testing.assert_close(autoencoder.novelty(h), expected)
+
+
+def test_autoencoder_kl_to_uniform_is_zero_for_uniform_codes():
+    cfg = OmegaConf.to_container(compose_config(), resolve=True)["agent"]["subgoal_autoencoder"]
+    autoencoder = SubgoalAutoencoder(4, cfg)
+    for parameter in autoencoder.encoder.parameters():
+        torch.nn.init.zeros_(parameter)
+    _, metrics = autoencoder.loss(torch.randn(3, 4))
+    assert metrics["kl_loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_combined_advantage_weights_terms_as_eq1():
+    cfg = compose_config("agent.actor_critic.return_norm=none")
+    weights = {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
+    ac = ActorCritic(5, 0, (1, 3), weights, cfg.model, OmegaConf.to_container(cfg.agent.actor_critic, resolve=True))
+    horizon, n = 4, 2
+    inputs = torch.randn(horizon, n, 5 + 3)
+    actions = torch.nn.functional.one_hot(torch.randint(3, (horizon, n)), 3).float()
+    rewards = {term: torch.rand(horizon, n) for term in weights}
+    cont = torch.ones(horizon, n)
+    _, _, metrics = ac.losses(inputs, actions, rewards, cont)
+    # critics are zero-initialised: V = 0, so each advantage is the term's lambda-return
+    discount, lam = cfg.agent.actor_critic.discount, cfg.agent.actor_critic.return_lambda
+    zero = torch.zeros(horizon, n)
+    combined = sum(w * lambda_returns(rewards[t], cont, zero, discount, lam) for t, w in weights.items())
+    assert metrics["final_adv"].item() == pytest.approx(combined.mean().item(), rel=1e-5)
+    for term in weights:
+        expected = lambda_returns(rewards[term], cont, zero, discount, lam).mean().item()
+        assert metrics[f"{term}_adv"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_reward_terms_per_level():
+    three = compose_config()
+    assert level_reward_weights(three, 0) == {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
+    assert level_reward_weights(three, 1) == {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
+    assert level_reward_weights(three, 2) == {"extrinsic": 1.0, "novelty": 0.1}  # the top has no subgoal
+    original = compose_config("hierarchy.novelty_levels=higher")
+    assert "novelty" not in level_reward_weights(original, 0)
+    assert level_reward_weights(compose_config("hierarchy.layers=1"), 0) == {"extrinsic": 1.0}
+
+
+# ------------------------------------------------------------------ hierarchy
+class ScriptedEpisodes:
+    """Vector observations with episode ends at chosen steps (DreamerV3 flags), reward = step index."""
+
+    def __init__(self, ends: set[int], terminal: set[int]) -> None:
+        self.ends, self.terminal = ends, terminal
+
+    def obs(self, t: int, first: bool) -> dict[str, np.ndarray]:
+        return {
+            "vector": np.full((1, 4), t, np.float32),
+            "reward": np.array([0.0 if first else float(t)], np.float32),
+            "is_first": np.array([first]),
+            "is_last": np.array([t in self.ends]),
+            "is_terminal": np.array([t in self.terminal]),
+        }
+
+
+def run_scripted(hierarchy: Hierarchy, steps: int, ends: set[int], terminal: set[int]):
+    script = ScriptedEpisodes(ends, terminal)
+    acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
+    rows_per_level = [[] for _ in hierarchy.levels]
+    goals = []
+    first = True
+    for t in range(steps):
+        obs = script.obs(t, first)
+        _, rows = hierarchy.act(obs, acting, "sampled")
+        for level, row in enumerate(rows):
+            if row is not None:
+                rows_per_level[level].append((t, row))
+        goals.append(acting["levels"][0]["goal_code"].clone())
+        first = bool(obs["is_last"][0])
+    return rows_per_level, goals
+
+
+def test_levels_observe_every_k_pow_i_steps_and_at_episode_ends(registry):
+    cfg = compose_config("hierarchy.layers=3", "hierarchy.k=2")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    # episode 1: steps 0..10 (is_last at 10, terminal); episode 2 starts at 11 (is_first)
+    rows, _ = run_scripted(hierarchy, 20, ends={10}, terminal={10})
+    level_steps = [[t for t, _ in level_rows] for level_rows in rows]
+    assert level_steps[0] == list(range(20))
+    assert level_steps[1] == [0, 2, 4, 6, 8, 10, 11, 13, 15, 17, 19]
+    assert level_steps[2] == [0, 4, 8, 10, 11, 15, 19]
+    for level_rows in rows:
+        by_step = dict(level_rows)
+        assert bool(by_step[10]["is_last"][0]) and bool(by_step[10]["is_terminal"][0])
+        assert bool(by_step[11]["is_first"][0]) and bool(by_step[0]["is_first"][0])
+        assert not any(bool(row["is_first"][0]) for t, row in level_rows if t not in (0, 11))
+
+
+def test_higher_level_reward_sums_its_interval_and_keeps_the_terminal_reward(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=4")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    rows, _ = run_scripted(hierarchy, 12, ends={6}, terminal={6})
+    level1 = {t: float(row["reward"][0]) for t, row in rows[1]}
+    # rewards are t on non-first steps; episode 1 = steps 0..6, episode 2 starts at 7
+    assert level1[0] == 0.0
+    assert level1[4] == 1 + 2 + 3 + 4
+    assert level1[6] == 5 + 6  # the episode end inside the interval still reaches level 1 with its reward
+    assert level1[7] == 0.0
+    assert level1[11] == 8 + 9 + 10 + 11
+
+
+def test_mean_aggregation_divides_by_the_interval(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=4", "hierarchy.extrinsic_aggregation=mean")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    rows, _ = run_scripted(hierarchy, 5, ends=set(), terminal=set())
+    assert float(dict(rows[1])[4]["reward"][0]) == pytest.approx((1 + 2 + 3 + 4) / 4)
+
+
+def test_subgoal_is_held_between_the_higher_levels_actions(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=4")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    rows, goals = run_scripted(hierarchy, 12, ends=set(), terminal=set())
+    for t in range(12):
+        block_start = t - t % 4
+        torch.testing.assert_close(goals[t], goals[block_start])
+    level1_actions = {t: row["action"] for t, row in rows[1]}
+    level0_goals = {t: row["goal_code"] for t, row in rows[0]}
+    for t in range(12):
+        np.testing.assert_array_equal(level0_goals[t].reshape(-1), level1_actions[t - t % 4].reshape(-1))
+
+
+def test_k_states_observation_stacks_the_lower_latents(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=4")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    feature_dim = hierarchy.levels[0].world_model.dynamics.feature_dim
+    rows, _ = run_scripted(hierarchy, 9, ends=set(), terminal=set())
+    level1 = dict(rows[1])
+    first = level1[0]["vector"].reshape(4, feature_dim)
+    assert np.all(first[:3] == 0) and np.any(first[3] != 0)  # before the episode start: zeros
+    assert np.all(np.any(level1[8]["vector"].reshape(4, feature_dim) != 0, axis=1))
+    kth = compose_config("hierarchy.layers=2", "hierarchy.higher_obs=kth_state")
+    hierarchy = Hierarchy(OmegaConf.to_container(kth, resolve=True), registry, {"vector": (4,)}, 2)
+    assert hierarchy.replay_specs()[1]["vector"][0] == (feature_dim,)
+
+
+def test_episode_start_clears_the_higher_levels_window(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=4")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    feature_dim = hierarchy.levels[0].world_model.dynamics.feature_dim
+    rows, _ = run_scripted(hierarchy, 8, ends={5}, terminal=set())
+    start = dict(rows[1])[6]["vector"].reshape(4, feature_dim)
+    assert np.all(start[:3] == 0)
+
+
+def test_greedy_subgoals_are_hard_one_hot(registry):
+    cfg = compose_config("hierarchy.layers=2")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
+    hierarchy.act(ScriptedEpisodes(set(), set()).obs(0, True), acting, "greedy")
+    code = acting["levels"][0]["goal_code"]
+    assert set(code.unique().tolist()) <= {0.0, 1.0} and torch.all(code.sum(-1) == 1)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_every_depth_trains_each_level(registry, layers, tmp_path):
+    from lightning.fabric import Fabric
+
+    cfg = compose_config(
+        f"hierarchy.layers={layers}",
+        "hierarchy.k=2",
+        "training.batch_length=8",
+        "training.batch_size=4",
+        "training.min_windows=4",
+    )
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    rng = np.random.default_rng(0)
+    for level in hierarchy.levels:
+        batch = {}
+        for key, (shape, dtype) in hierarchy.replay_specs()[level.level].items():
+            if dtype == np.uint8 and key == "goal_code":
+                value = np.eye(shape[-1], dtype=np.uint8)[rng.integers(shape[-1], size=(4, 8, shape[0]))]
+            elif dtype == np.dtype(bool):
+                value = np.zeros((4, 8), bool)
+            else:
+                value = rng.normal(size=(4, 8, *shape)).astype(dtype)
+            batch[key] = value
+        batch["is_first"][:, 0] = True
+        before = [p.detach().clone() for p in level.parameters()]
+        metrics, _ = level.train_step(Hierarchy.to_tensors(batch, torch.device("cpu")), level.make_optimizers(), fabric)
+        assert all(np.isfinite(float(v)) for v in metrics.values())
+        changed = sum(not torch.equal(a, b) for a, b in zip(before, level.parameters()))
+        assert changed > 0
+
+
+# ------------------------------------------------------------ shared world model (G.8)
+def shared_hierarchy(registry, layers: int = 3, k: int = 2) -> Hierarchy:
+    cfg = compose_config(f"hierarchy.layers={layers}", f"hierarchy.k={k}", "hierarchy.shared_world_model=true")
+    return Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+
+
+def test_shared_world_model_levels_act_on_level0_latents_and_store_nothing(registry):
+    hierarchy = shared_hierarchy(registry)
+    assert hierarchy.replay_specs()[1:] == [None, None]
+    assert all(level.world_model is hierarchy.levels[0].world_model for level in hierarchy.levels)
+    assert "world_model" not in hierarchy.levels[1].make_optimizers()
+    rows, goals = run_scripted(hierarchy, 6, ends=set(), terminal=set())
+    assert len(rows[0]) == 6 and rows[1] == [] and rows[2] == []
+    torch.testing.assert_close(goals[0], goals[1])  # k = 2: level 1's subgoal is held for two steps
+
+
+def test_shared_subsampling_sums_rewards_and_multiplies_continues_over_each_interval(registry):
+    hierarchy = shared_hierarchy(registry, layers=2, k=2)
+    level = hierarchy.levels[1]
+    n, horizon = 3, 8
+    reward = torch.arange(horizon, dtype=torch.float32).unsqueeze(1).expand(horizon, n)
+    cont = torch.full((horizon, n), 0.5)
+    deter = torch.randn(horizon, n, level.world_model.dynamics.deter_dim)
+    feature_dim = hierarchy.levels[0].world_model.dynamics.feature_dim
+    decisions = [(torch.randn(n, feature_dim + 3), torch.zeros(n, 64), None) for _ in range(horizon // 2)]
+    trajectory = {"reward": reward, "cont": cont, "deter": deter, "decisions": [[], decisions]}
+    inputs, actions, rewards, interval_cont = hierarchy._subsample(1, trajectory, torch.ones(n))
+    assert inputs.shape[0] == 4
+    # decision j at t = 2j; its interval is t = 2j-1, 2j
+    torch.testing.assert_close(rewards["extrinsic"][1:, 0], torch.tensor([1.0 + 2, 3.0 + 4, 5.0 + 6]))
+    torch.testing.assert_close(interval_cont[1:, 0], torch.full((3,), 0.25))
+    assert interval_cont[0, 0] == 1.0
+    torch.testing.assert_close(rewards["novelty"], level.autoencoder.novelty(deter[::2]))
+
+
+def test_shared_world_model_trains_the_higher_levels(registry):
+    from lightning.fabric import Fabric
+
+    hierarchy = shared_hierarchy(registry, layers=3, k=2)
+    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    start = {key: value.detach() for key, value in hierarchy.levels[0].world_model.dynamics.initial(32).items()}
+    optimizers = [level.make_optimizers() for level in hierarchy.levels]
+    before = [p.detach().clone() for p in hierarchy.levels[2].actor_critic.actor.parameters()]
+    metrics = hierarchy.train_shared_levels(start, torch.ones(32), 4, optimizers, fabric)
+    assert sorted(metrics) == [1, 2]  # update 4 is due for k^1 = 2 and k^2 = 4
+    assert all(np.isfinite(float(v)) for level_metrics in metrics.values() for v in level_metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, hierarchy.levels[2].actor_critic.actor.parameters()))
+    assert sorted(hierarchy.train_shared_levels(start, torch.ones(32), 2, optimizers, fabric)) == [1]

@@ -1,0 +1,362 @@
+"""Checkpoints and auto-resume: weights-only files, atomic rotation, corrupt-file fallback, config refusal, a real
+training process killed with kill -9 at a random point and rerun to the same end, and SIGTERM preemption."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from lightning.fabric import Fabric
+
+from hieros.registry import Registry
+from hieros.training.checkpoint import (
+    CheckpointDir,
+    IncompatibleCheckpointError,
+    NumpyState,
+    RandomState,
+    check_compatible,
+    config_differences,
+    load_file,
+)
+from hieros.training.ratio import TrainRatio
+
+# A small real run: CartPole, tiny model, two levels, few updates (train ratio 4 / (4 x 16) = 1/16 per step).
+RUN = [
+    "model=tiny",
+    "env=gym",
+    "fabric=cpu",
+    "hierarchy.layers=2",
+    "hierarchy.k=2",
+    "training.batch_size=4",
+    "training.batch_length=16",
+    "training.min_windows=4",
+    "training.train_ratio=4",
+    "training.replay_capacity=1000",
+    "training.log_every=10",
+    "training.eval_every=0",
+    "training.final_eval_episodes=1",
+    "training.eval_modes=[greedy]",
+    "training.checkpoint_every=40",
+    "training.torch_threads=1",
+]
+
+
+def compose_config(*overrides: str):
+    with initialize_config_module("hieros.conf", version_base="1.3"):
+        return compose("config", overrides=[*RUN, *overrides])
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIEROS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+# ----------------------------------------------------------------------------- units
+def test_states_with_numpy_and_rng_load_weights_only(tmp_path):
+    class Counts:
+        def __init__(self):
+            self.state = {"sample_counts": np.arange(5, dtype=np.int64), "sampler": {"visits": np.ones(3)}, "n": 4}
+
+        def state_dict(self):
+            return self.state
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    generator = np.random.default_rng(3)
+    generator.random(7)
+    torch.manual_seed(5)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    CheckpointDir(tmp_path, keep=1).save(
+        fabric, {"format": 1, "config": {"a": 1}, "counts": NumpyState(Counts()), "rng": RandomState(generator)}, 1
+    )
+    expected_numpy, expected_torch = generator.random(4), torch.rand(4)
+
+    payload = torch.load(tmp_path / "step_000000000001.ckpt", weights_only=True)  # no pickled objects
+    counts, fresh = Counts(), np.random.default_rng(0)
+    NumpyState(counts).load_state_dict(payload["counts"])
+    RandomState(fresh).load_state_dict(payload["rng"])
+    assert isinstance(counts.state["sample_counts"], np.ndarray)
+    np.testing.assert_array_equal(counts.state["sample_counts"], np.arange(5))
+    np.testing.assert_array_equal(counts.state["sampler"]["visits"], np.ones(3))
+    np.testing.assert_array_equal(fresh.random(4), expected_numpy)
+    assert torch.equal(torch.rand(4), expected_torch)
+
+
+def _save_steps(directory: Path, steps, keep: int = 2) -> CheckpointDir:
+    fabric = Fabric(accelerator="cpu", devices=1)
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    checkpoints = CheckpointDir(directory, keep=keep)
+    for step in steps:
+        with torch.no_grad():
+            module.weight.fill_(float(step))
+        checkpoints.save(
+            fabric, {"format": 1, "config": {"x": 1}, "model": module, "opt": optimizer, "step": step}, step
+        )
+    return checkpoints
+
+
+def test_rotation_keeps_the_newest_and_cleans_interrupted_saves(tmp_path):
+    (tmp_path / ".step_000000000005.ckpt.tmp-999").write_bytes(b"half a file")  # an interrupted save
+    checkpoints = _save_steps(tmp_path, [10, 20, 30], keep=2)
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == [
+        "step_000000000020.ckpt",
+        "step_000000000020.ckpt.sha256",
+        "step_000000000030.ckpt",
+        "step_000000000030.ckpt.sha256",
+    ]
+    loaded = checkpoints.load_latest()
+    assert loaded.step == 30 and loaded.payload["step"] == 30
+    assert torch.all(loaded.payload["model"]["weight"] == 30.0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+def test_corrupt_latest_falls_back_to_previous_with_a_report(tmp_path, damage):
+    checkpoints = _save_steps(tmp_path, [10, 20])
+    latest = tmp_path / "step_000000000020.ckpt"
+    data = bytearray(latest.read_bytes())
+    if damage == "truncate":
+        latest.write_bytes(data[: len(data) // 2])
+    else:
+        data[len(data) // 2] ^= 0xFF
+        latest.write_bytes(data)
+    reports: list[str] = []
+    loaded = checkpoints.load_latest(report=reports.append)
+    assert loaded.step == 10 and torch.all(loaded.payload["model"]["weight"] == 10.0)
+    assert len(reports) == 1 and "step_000000000020.ckpt" in reports[0] and "falling back" in reports[0]
+    assert "corrupt" in reports[0]
+    assert (tmp_path / "step_000000000020.ckpt.corrupt").exists() and not latest.exists()
+    with pytest.raises(Exception, match="corrupt"):
+        load_file(tmp_path / "step_000000000020.ckpt.corrupt")
+
+
+def test_truncated_file_without_checksum_is_still_detected(tmp_path):
+    _save_steps(tmp_path, [10])
+    path = tmp_path / "step_000000000010.ckpt"
+    (tmp_path / "step_000000000010.ckpt.sha256").unlink()
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(Exception, match="unreadable"):
+        load_file(path)
+
+
+def test_config_differences_ignore_resumable_keys_and_name_the_others():
+    saved = {"model": {"deter": 64, "units": 64}, "training": {"steps": 100, "batch_size": 4}, "logger": {"x": 1}}
+    current = {"model": {"deter": 32, "units": 64}, "training": {"steps": 500, "batch_size": 4}, "logger": {"x": 2}}
+    assert config_differences(saved, current) == [("model.deter", 64, 32)]
+    current["hierarchy"] = {"layers": 3}
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        check_compatible(saved, current, Path("run/checkpoints/step_1.ckpt"))
+    message = str(error.value)
+    assert "model.deter: checkpoint 64, now 32" in message
+    assert "hierarchy.layers: checkpoint <absent>, now 3" in message
+    assert "model.deter=64" in message and "hydra.run.dir" in message
+    assert "training.steps" not in message.split("Keys that may differ")[0]
+
+
+# ----------------------------------------------------------------------------- in-process runs
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run of 80 steps (checkpoints at 40 and 80) without a tracking store."""
+    root = tmp_path_factory.mktemp("finished")
+    old_home = os.environ.get("HIEROS_HOME")
+    os.environ["HIEROS_HOME"] = str(root / "home")
+    try:
+        from hieros.training.loop import train
+
+        train(compose_config("training.steps=80", "logger=none"), Registry.default(), root / "run")
+    finally:
+        if old_home is None:
+            os.environ.pop("HIEROS_HOME")
+        else:
+            os.environ["HIEROS_HOME"] = old_home
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_resume_after_corrupt_latest_uses_the_previous_checkpoint(finished_run, tmp_path, home, capsys):
+    from hieros.training.loop import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    latest = run_dir / "checkpoints" / "step_000000000080.ckpt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 3])
+
+    scores = train(compose_config("training.steps=120", "logger=none"), Registry.default(), run_dir)
+    out = capsys.readouterr().out
+    assert "step_000000000080.ckpt" in out and "falling back to the previous checkpoint" in out
+    assert "resumed from step_000000000040.ckpt (step 40)" in out
+    assert scores["agent_steps"] == 120
+    final = load_file(run_dir / "checkpoints" / "step_000000000120.ckpt")
+    replay = final["replay/level0"]
+    assert replay["added"] - replay["first"] == 120  # steps 40..80 of the first run were discarded and retaken
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open() if '"sps"' in line]
+    assert steps == list(range(10, 130, 10))
+
+
+@pytest.mark.slow
+def test_incompatible_checkpoint_is_refused_naming_the_keys(finished_run, tmp_path, home):
+    from hieros.training.loop import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    cfg = compose_config("training.steps=120", "logger=none", "model.deter=32", "hierarchy.k=4")
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        train(cfg, Registry.default(), run_dir)
+    message = str(error.value)
+    assert "model.deter: checkpoint 64, now 32" in message and "hierarchy.k: checkpoint 2, now 4" in message
+    assert "training.steps" not in message.split("Keys that may differ")[0]
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before  # refused before touching anything
+
+
+# ----------------------------------------------------------------------------- stopped runs
+def _metrics_step(run_dir: Path) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return -1
+    steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
+    return max(steps, default=-1)
+
+
+def _run_until(command, env, run_dir: Path, step: int, sig: int, rng: random.Random, timeout: float = 300):
+    """Start training, wait until metrics.jsonl reaches ``step`` (then a random extra moment), send ``sig``."""
+    log = run_dir.parent / f"output-{sig}.txt"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while _metrics_step(run_dir) < step:
+            assert process.poll() is None, f"training ended before step {step}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"training did not reach step {step} in {timeout} s"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert process.poll() is None, "the run finished before it could be stopped; raise training.steps"
+        process.send_signal(sig)
+        process.wait(timeout=timeout)
+    return process.returncode, log.read_text()
+
+
+@pytest.mark.slow
+def test_kill9_then_rerun_gives_one_consistent_run(tmp_path):
+    steps = 200
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    run_dir = tmp_path / "run"
+    store = tmp_path / "mlflow.db"
+    command = [sys.executable, "-m", "hieros", *RUN, f"training.steps={steps}", f"hydra.run.dir={run_dir}"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HIEROS_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+    }
+    where = f"(random seed {seed})"
+
+    # kill -9 at a random point after the first checkpoint (step 40): what it wrote after its last checkpoint
+    # (replay rows, metric lines) must be discarded by the rerun.
+    code, out = _run_until(command, env, run_dir, rng.randrange(45, steps - 30), signal.SIGKILL, rng)
+    assert code == -signal.SIGKILL, f"{where}\n{out}"
+    last_checkpoint = int(sorted(glob.glob(str(run_dir / "checkpoints" / "step_*.ckpt")))[-1].split("_")[-1][:-5])
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{where}\n{done.stdout}\n{done.stderr}"
+    assert f"resumed from step_{last_checkpoint:012d}.ckpt (step {last_checkpoint})" in done.stdout, where
+    resumed = {last_checkpoint}
+
+    scores = json.loads((run_dir / "scores.json").read_text())
+    final = load_file(run_dir / "checkpoints" / f"step_{steps:012d}.ckpt")
+    counters = final["counters"]
+    assert scores["agent_steps"] == counters["step"] == steps
+
+    # Level-0 updates follow from the ratio clock alone: the same as an uninterrupted run.
+    ratio, updates = TrainRatio(4 / (4 * 16)), 0
+    for step in range(1, steps + 1):
+        if step - 16 + 1 >= 4:  # replay holds min_windows windows of batch_length
+            updates += ratio(step)
+    assert counters["updates"][0] == updates, where
+
+    # The replay holds every step exactly once, in order: size = steps, CartPole's Euler step holds between rows.
+    replay = final["replay/level0"]
+    assert replay["added"] - replay["first"] == steps
+    folder = run_dir / "replay" / "level0"
+    vector = np.load(folder / "vector.npy", mmap_mode="r")[0, :steps]
+    is_first = np.load(folder / "is_first.npy", mmap_mode="r")[0, :steps].astype(bool)
+    is_last = np.load(folder / "is_last.npy", mmap_mode="r")[0, :steps].astype(bool)
+    inside = ~is_first[1:]
+    drift = vector[1:, 0] - vector[:-1, 0] - 0.02 * vector[:-1, 1]  # x' = x + tau * x_dot
+    assert np.abs(drift[inside]).max() < 1e-5, where
+    starts = set(np.flatnonzero(is_first).tolist())
+    after_episode_end = {0} | {int(t) + 1 for t in np.flatnonzero(is_last)}
+    assert starts - after_episode_end == resumed, where  # new episodes only at episode ends and at resumes
+    for episode in counters["episodes"]:
+        end = int(episode["step"])
+        if end < steps:
+            begin = end - int(episode["length"])
+            assert is_last[end] and is_first[begin] and not is_last[begin:end].any(), (where, episode)
+
+    # metrics.jsonl was truncated at each resume: every report step exactly once.
+    reports = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open() if '"sps"' in line]
+    assert reports == list(range(10, steps + 10, 10)), where
+
+    # One MLflow run, re-attached by the rerun, finished, with the final counters.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, where
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_id == (run_dir / "mlflow_run_id").read_text().strip()
+    assert runs[0].data.metrics["updates/level0"] == updates
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, capsys):
+    """SLURM preemption: SIGTERM -> checkpoint at the current step, exit 128 + 15; the rerun resumes there."""
+    import threading
+
+    from hieros.training.loop import train
+
+    run_dir = tmp_path / "run"
+    target = random.Random().randrange(45, 75)
+    finished = threading.Event()
+
+    def preempt() -> None:
+        while _metrics_step(run_dir) < target:
+            if finished.wait(0.02):
+                return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=preempt, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train(compose_config("training.steps=400", "logger=none"), Registry.default(), run_dir)
+    finally:
+        finished.set()
+        killer.join()
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    stopped = CheckpointDir(run_dir / "checkpoints").paths()[-1][0]
+    assert target <= stopped < target + 40, f"checkpoint at {stopped}, signal at step >= {target}"
+
+    capsys.readouterr()
+    scores = train(compose_config("training.steps=100", "logger=none"), Registry.default(), run_dir)
+    assert f"resumed from step_{stopped:012d}.ckpt (step {stopped})" in capsys.readouterr().out
+    assert scores["agent_steps"] == 100
