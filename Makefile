@@ -35,7 +35,8 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# PLACEHOLDER until the smoke experiment exists (to be replaced by `python -m hieros +experiment=smoke`):
-# a short real run on CartPole with the tiny model, one hierarchy level and no tracking server.
+# The README's main job: a short real HIEROS run on Atari Pong (3 levels, tiny model, the smoke overlay):
+# environment interaction, every level training in imagination, evaluation, checkpoints, and MLflow (local sqlite
+# store under hieros-runs/) with the imagination and subgoal videos. The run prints the dashboard command at the end.
 run: install
-	$(PY) -m hieros env=gym model=tiny hierarchy.layers=1 training.steps=2000 logger=none
+	$(PY) -m hieros +experiment=smoke env.game=pong

@@ -154,10 +154,6 @@ def test_values_on_the_edge_of_a_range_are_accepted(key: str, value: Any, defaul
     validate(_with(default_cfg, {key: value}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.validate embeds OmegaConf's multi-line error text in 'cannot be read' messages (reported)",
-)
 @pytest.mark.parametrize("value", ["???", "${no_such_key}"], ids=["missing", "bad-interpolation"])
 def test_an_unreadable_value_is_one_line_naming_the_key(value: str, hydra_compose: Any) -> None:
     message = _invalid(hydra_compose(f"training.steps={value}"))
@@ -220,10 +216,6 @@ def test_a_depth_of_one_without_subgoal_weight_is_valid(default_cfg: DictConfig)
     assert level_reward_weights(cfg, 0) == {"extrinsic": 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._combination_problems misses levels left without any reward (reported, with the fix)",
-)
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -89,18 +89,26 @@ def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- evaluation
+def test_module_and_console_script_print_the_usage():
+    commands = [[sys.executable, "-m", "hieros.eval", "--help"]]
+    script = Path(sys.executable).parent / "hieros-eval"  # installed by `pip install -e .` (pyproject scripts)
+    if script.exists():
+        commands.append([str(script), "--help"])
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "checkpoint=PATH" in done.stdout and "video_episodes" in done.stdout
+
+
 @pytest.mark.slow
-def test_eval_cli_writes_scores_and_video_and_logs_to_the_run(minatar_run, tmp_path):
+def test_eval_writes_scores_and_video_and_logs_to_the_run(minatar_run, tmp_path, monkeypatch, capsys):
     import imageio.v2 as imageio
     from mlflow.tracking import MlflowClient
 
     run_dir, uri = minatar_run
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri, "HIEROS_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "hieros.eval", f"checkpoint={run_dir}", "episodes=2", "video=true", f"out={out}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 episodes (greedy)" in done.stdout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    main([f"checkpoint={run_dir}", "episodes=2", "video=true", f"out={out}"])  # = python -m hieros.eval ...
+    assert "2 episodes (greedy)" in capsys.readouterr().out
 
     scores = json.loads((out / "eval_step000000030_greedy.json").read_text())
     assert scores["step"] == 30 and len(scores["episodes"]) == 2 and len(scores["lengths"]) == 2

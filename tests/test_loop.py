@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import signal
 
 import numpy as np
@@ -163,3 +164,15 @@ def test_plain_console_prints_one_line_per_report():
     assert lines[-1].startswith("[hieros] step 250/1000 (25.0%) | 12.5 sps | eta ")
     assert lines[-1].endswith("| score 3.00 | L0 model_loss 1.235 | L1 model_loss 0.500")
     assert math.isclose(len(lines), 4)
+
+
+def test_rich_console_renders_banner_and_progress(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    stream = io.StringIO()
+    console = Console(total_steps=100, levels=1, mode="rich", stream=stream)
+    console.banner("HIEROS training", [("run directory", "/runs/x")])
+    console.start(0)
+    console.report(50, {"sps": 3.0, "train/level0/model_loss": 2.0}, score=None)
+    console.stop()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # without colour codes
+    assert "HIEROS training" in text and "/runs/x" in text and "50/100" in text and "L0 model_loss 2.000" in text

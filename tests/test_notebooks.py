@@ -72,7 +72,14 @@ def test_notebook_saved_without_outputs(name: str, repo_root: Path):
 def test_notebook_executes(name: str, notebook_env: Path, repo_root: Path):
     notebook = nbformat.read(repo_root / "notebooks" / f"{name}.ipynb", as_version=4)
     client = NotebookClient(
-        notebook, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(notebook_env)}}
+        notebook,
+        kernel_name=KERNEL,
+        timeout=300,
+        startup_timeout=180,
+        # on a loaded machine a cell's outputs can arrive after its reply: wait for them instead of dropping them
+        iopub_timeout=120,
+        raise_on_iopub_timeout=True,
+        resources={"metadata": {"path": str(notebook_env)}},
     )
     client.execute()  # raises CellExecutionError on any failing cell
     text = _outputs(notebook)

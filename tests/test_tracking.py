@@ -113,7 +113,12 @@ def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monk
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = {"experiment_name": "mirror", "seed": 3, "env": {"name": "gym", "id": "CartPole-v1"}, "paths": {}}
-    logger = {"name": "mlflow", "tracking_uri": uri, "artifact_location": str(tmp_path / "artifacts")}
+    logger = {
+        "name": "mlflow",
+        "tracking_uri": uri,
+        "artifact_location": str(tmp_path / "artifacts"),
+        "log_checkpoints": True,
+    }
     run_dir = tmp_path / "run"
     metrics = MetricsFile(run_dir / "metrics.jsonl")
     metrics.write(10, {"train/level0/model_loss": 3.0})
@@ -123,6 +128,9 @@ def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monk
     metrics.write(20, {"train/level0/model_loss": 2.0})  # written after the first mirror: sent by the next one
     (run_dir / "media").mkdir()
     (run_dir / "media" / "open_loop_step000000020.gif").write_bytes(b"GIF89a")
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "step_000000000020.ckpt").write_bytes(b"weights")
+    (run_dir / "checkpoints" / ".step_000000000030.ckpt.tmp-1").write_bytes(b"half")  # never uploaded
     again = MlflowTracker(run_dir, {**config, "seed": 4}, logger, report=print)
     again.start()
     again.close("FINISHED")
@@ -138,7 +146,8 @@ def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monk
     assert runs[0].data.params["seed"] == "3"  # params are logged once; the change is recorded as a tag
     assert json.loads(runs[0].data.tags["hieros.resumed_with"]) == {"seed": "4"}
     assert runs[0].data.tags["env.id"] == "CartPole-v1"
-    assert set(_artifacts(client, run_id)) == {"media/open_loop_step000000020.gif", "metrics.jsonl"}
+    expected = {"media/open_loop_step000000020.gif", "checkpoints/step_000000000020.ckpt", "metrics.jsonl"}
+    assert set(_artifacts(client, run_id)) == expected
     assert runs[0].info.artifact_uri.startswith(str(tmp_path / "artifacts"))
 
 

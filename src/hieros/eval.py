@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 DEFAULTS: dict[str, Any] = {
     "checkpoint": None,
@@ -93,6 +92,8 @@ def find_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
 
 def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     """Run the evaluation ``args`` (see :data:`DEFAULTS`) describes; returns the content of the scores JSON."""
+    import torch
+
     from hieros.agent.hierarchy import Hierarchy
     from hieros.envs.vector import make_vector_env
     from hieros.registry import Registry

@@ -158,9 +158,10 @@ class Subactor(nn.Module):
 
     def train_step(
         self, batch: Mapping[str, Tensor], optimizers: Mapping[str, torch.optim.Optimizer], fabric
-    ) -> tuple[dict[str, Tensor], State]:
+    ) -> tuple[dict[str, Tensor], State, Tensor]:
         """One update of this level from a replay batch: world model, then actor-critic and autoencoder on
-        trajectories imagined from every posterior state of the batch. Returns (metrics, the starts used)."""
+        trajectories imagined from every posterior state of the batch. Returns (metrics, the imagination starts
+        used (N, ...), their continue flags from the data (N,))."""
         metrics: dict[str, Tensor] = {}
         with fabric.autocast():
             wm_loss, post, wm_metrics = self.world_model.loss(batch)
@@ -181,7 +182,7 @@ class Subactor(nn.Module):
         with fabric.autocast():
             inputs, actions, rewards, cont, states = self.imagine(start, goal_code, start_cont, horizon)
         metrics.update(self.train_behavior(inputs, actions, rewards, cont, states["deter"], optimizers, fabric))
-        return metrics, start
+        return metrics, start, start_cont
 
     def train_behavior(
         self,

@@ -4,6 +4,10 @@ Setup (full run): CPU, ``torch.set_num_threads(2)``, the paper's sequence model 
 (:class:`hieros.nets.s5.S5Block`, H 256, P 128, J 4, i.e. 8 S5 layers), batch 16, T ∈ {64, 1024}, resets with
 probability 1/64 per step plus ``is_first[:, 0]``.
 
+Run it as ``OMP_WAIT_POLICY=PASSIVE python -m hieros.bench.s5`` on a shared machine: with OpenMP's default spinning
+wait policy a 2-thread pool on oversubscribed cores spends most of its time waiting (measured: one block step
+0.83 s instead of 1.1 ms at load 8 on 2 cores). The result records the policy and the load average.
+
 Figures (milliseconds are medians over ``iterations`` timed runs after ``warmup`` untimed runs):
 
 * ``scan_forward_ms`` / ``loop_forward_ms``: inference (``no_grad``, eval mode). The loop calls
@@ -12,9 +16,9 @@ Figures (milliseconds are medians over ``iterations`` timed runs after ``warmup`
 * ``*_saved_for_backward_mib``: bytes of the distinct tensor storages autograd saves for the backward pass
   (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded: the activation memory of training.
 * ``*_peak_rss_delta_mib`` (full run only): torch has no CPU memory statistics, so each training step runs once in
-  a fresh Python process and the increase of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` across it is reported
-  (peak resident memory above what the process held after building the model and inputs; includes allocator
-  slack and temporaries).
+  a fresh Python process, which resets its resident-set high-water mark (Linux ``/proc/self/clear_refs``) after
+  building the model and inputs and reports VmHWM − VmRSS after the step: the peak extra resident memory of the
+  step, temporaries and allocator slack included.
 * ``imagination``: one rollout of ``horizon`` recurrent steps of the stack for ``starts`` start states
   (``no_grad``): with Λ̄, B̄ computed once per rollout, re-discretised at every step (the original's
   ``forward_rnn``, B̄ still shared), and one step with a per-sample B̄ (N, P, H) as the original's
@@ -125,15 +129,34 @@ def _saved_for_backward_mib(forward: Callable, stack: nn.ModuleList, x: torch.Te
     return peak
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def _peak_rss_child(config: dict, length: int, method: str, threads: int) -> float:
-    """Run in a fresh process: max-RSS increase (MiB) over one training step."""
+    """Run in a fresh process: peak resident memory (MiB) of one training step above the RSS before it.
+
+    On Linux the high-water mark VmHWM is reset to the current RSS first (``/proc/self/clear_refs`` ← 5), so the
+    peak of the import phase does not mask the step; elsewhere it falls back to the ru_maxrss increase.
+    """
     torch.set_num_threads(threads)
     cfg = _Config(**config)
     stack = _build(cfg)
     x, reset = _inputs(cfg, length)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _train_step(_FORWARDS[method], stack, x, reset)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux: KiB
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        before = _status_kib("VmRSS")
+        _train_step(_FORWARDS[method], stack, x, reset)
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _train_step(_FORWARDS[method], stack, x, reset)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux units: KiB
 
 
 def _peak_rss_mib(config: _Config, length: int, method: str, threads: int) -> float | None:
@@ -219,8 +242,10 @@ def run(quick: bool = False) -> dict:
     results: dict = {
         "config": {**asdict(config), "threads": threads, "iterations": iterations, "warmup": warmup},
         "torch": torch.__version__,
-        # other processes sharing the CPU inflate the timings (each op of a 2-thread pool waits for both threads)
+        # other processes sharing the CPU inflate the timings; with the default (spinning) OpenMP wait policy an
+        # oversubscribed 2-thread pool is slowed ~100x or more: run with OMP_WAIT_POLICY=PASSIVE on shared machines
         "load_average_1min_before": os.getloadavg()[0],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "sequence": {},
     }
     for length in lengths:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import fnmatch
-import itertools
 import json
 import os
 import re
@@ -942,7 +941,3 @@ def curve_matrix(
         inside = (grid >= steps[0]) & (grid <= steps[-1])
         values[row, inside] = np.interp(grid[inside], steps, ys)
     return grid, values
-
-
-def all_curve_names(records: Iterable[RunRecord]) -> list[str]:
-    return sorted(set(itertools.chain.from_iterable(record.curves for record in records)))

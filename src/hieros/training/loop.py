@@ -59,7 +59,9 @@ class MetricMeans:
         if not metrics:
             return
         keys = tuple(metrics)
-        values = torch.stack([torch.as_tensor(metrics[key]).detach().float().mean().cpu() for key in keys])
+        scalars = [torch.as_tensor(metrics[key]).detach().float().mean() for key in keys]
+        device = scalars[0].device  # the training device: summing there needs no synchronisation per update
+        values = torch.stack([scalar.to(device) for scalar in scalars])
         finite = torch.isfinite(values)
         group = (prefix, keys)
         if group not in self._sums:
@@ -114,6 +116,8 @@ class Run:
                 sampler=registry.build("sampler", cfg.sampler),
                 directory=self.run_dir / "replay" / f"level{index}",
             )
+            if spec is not None
+            else None  # a level that shares level 0's world model learns only in imagination: no replay
             for index, spec in enumerate(self.agent.replay_specs())
         ]
         self.rng = np.random.default_rng(cfg.seed)
@@ -133,14 +137,21 @@ class Run:
             objects.update({f"optimizer/level{index}/{name}": opt for name, opt in optimizers.items()})
         objects.update({f"scheduler/{index}": scheduler for index, scheduler in enumerate(self.schedulers)})
         objects["ratio"] = self.ratio
-        objects.update({f"replay/level{index}": NumpyState(replay) for index, replay in enumerate(self.replays)})
+        objects.update(
+            {
+                f"replay/level{index}": NumpyState(replay)
+                for index, replay in enumerate(self.replays)
+                if replay is not None
+            }
+        )
         objects["rng"] = RandomState(self.rng)
         return objects
 
     def state(self, tracker: Tracker) -> dict[str, Any]:
         """What :meth:`CheckpointDir.save` writes: the stateful objects plus plain values."""
         for replay in self.replays:
-            replay.flush()
+            if replay is not None:
+                replay.flush()
         counters = {
             "step": self.step,
             "updates": list(self.updates),
@@ -167,7 +178,7 @@ class Run:
     # --------------------------------------------------------------- acting
     def store(self, rows) -> None:
         for replay, row in zip(self.replays, rows):
-            if row is None:
+            if row is None or replay is None:
                 continue
             envs = row.pop("env")
             if len(envs) != self.num_envs:
@@ -194,27 +205,39 @@ class Run:
         if self.step < training.prefill or len(self.replays[0]) < training.min_windows:
             return
         for _ in range(self.ratio(self.step)):
-            self.train_level(0)
+            start, start_cont = self.train_level(0)
+            if self.agent.shared_world_model:  # G.8: higher levels learn in one joint imagination of level 0
+                shared = self.agent.train_shared_levels(
+                    start, start_cont, self.updates[0], self.optimizers, self.fabric
+                )
+                for index, metrics in shared.items():
+                    self.updates[index] += 1
+                    self.metrics.add(metrics, prefix=f"train/level{index}/")
+                continue
             for index in range(1, len(self.agent.levels)):
                 due = self.agent.level_due(index, self.updates[0])
                 if due and len(self.replays[index]) >= training.min_windows:
                     self.train_level(index)
 
-    def train_level(self, index: int) -> None:
+    def train_level(self, index: int):
+        """One update of level ``index`` from its replay; returns its imagination starts and their continues."""
         batch = self.replays[index].sample(self.cfg.training.batch_size, self.rng)
         batch = Hierarchy.to_tensors(batch, self.device)
         level = self.agent.levels[index]
-        metrics, _ = level.train_step(batch, self.optimizers[index], self.fabric)
+        metrics, start, start_cont = level.train_step(batch, self.optimizers[index], self.fabric)
         if index < len(self.schedulers):
             self.schedulers[index].step()
         self.updates[index] += 1
         self.metrics.add(metrics, prefix=f"train/level{index}/")
+        return start, start_cont
 
     def report(self, steps_per_second: float) -> dict[str, float]:
         """The means since the last report, steps per second, update counts and replay sizes."""
         report = {"sps": steps_per_second, **self.metrics.pop()}
         report.update({f"updates/level{i}": n for i, n in enumerate(self.updates)})
-        report.update({f"replay/level{i}_steps": replay.steps for i, replay in enumerate(self.replays)})
+        report.update(
+            {f"replay/level{i}_steps": replay.steps for i, replay in enumerate(self.replays) if replay is not None}
+        )
         return report
 
     # ------------------------------------------------------------ evaluation

@@ -164,11 +164,11 @@ def hydra_job_info() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - not started by Hydra
         return {}
     info = {}
-    override_dirname = hydra_cfg.job.get("override_dirname") or ""
-    if override_dirname:
-        info["override_dirname"] = override_dirname
     if hydra_cfg.mode is not None and str(hydra_cfg.mode).endswith("MULTIRUN"):
         info["hydra.job.num"] = str(hydra_cfg.job.num)
+        override_dirname = hydra_cfg.job.get("override_dirname") or ""
+        if override_dirname:  # a sweep job is named by what it overrides
+            info["override_dirname"] = override_dirname
     choices = hydra_cfg.runtime.get("choices") or {}
     for group in ("model", "hierarchy", "training", "fabric", "experiment"):
         if choices.get(group):
