@@ -14,17 +14,24 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _slurm_up() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
+def _slurm_problem() -> str | None:
+    """None when a SLURM cluster answers, else why the ``slurm`` tests skip (one line)."""
+    missing = [tool for tool in ("sbatch", "sinfo", "scontrol") if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"no SLURM here: {', '.join(missing)} not on PATH (start one with ../shared/slurm/start-local-slurm.sh, "
+            "as .ci/run does)"
+        )
     try:
         # `scontrol ping` fails in ms when slurmctld is down; `sinfo` would retry ~9 s.
         if subprocess.run(["scontrol", "ping"], capture_output=True, timeout=5).returncode != 0:
-            return False
+            return "SLURM installed but slurmctld does not answer `scontrol ping` (cluster stopped?)"
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and any(s.strip("*~#") in {"idle", "mixed", "allocated"} for s in out.stdout.split())
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"SLURM does not answer ({type(error).__name__})"
+    if out.returncode != 0 or not any(s.strip("*~#") in {"idle", "mixed", "allocated"} for s in out.stdout.split()):
+        return f"SLURM answers but sinfo shows no usable node ({out.stdout.split() or out.returncode})"
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,9 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slurm_items = [item for item in items if "slurm" in item.keywords]
-    if not slurm_items or _slurm_up():
+    problem = _slurm_problem() if slurm_items else None
+    if problem is None:
         return
-    skip = pytest.mark.skip(reason="no SLURM cluster (sbatch missing or sinfo shows no usable node)")
+    skip = pytest.mark.skip(reason=problem)
     for item in slurm_items:
         item.add_marker(skip)
 

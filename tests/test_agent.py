@@ -251,7 +251,9 @@ def test_every_depth_trains_each_level(registry, layers, tmp_path):
             batch[key] = value
         batch["is_first"][:, 0] = True
         before = [p.detach().clone() for p in level.parameters()]
-        metrics, _, _ = level.train_step(Hierarchy.to_tensors(batch, torch.device("cpu")), level.make_optimizers(), fabric)
+        metrics, _, _ = level.train_step(
+            Hierarchy.to_tensors(batch, torch.device("cpu")), level.make_optimizers(), fabric
+        )
         assert all(np.isfinite(float(v)) for v in metrics.values())
         changed = sum(not torch.equal(a, b) for a, b in zip(before, level.parameters()))
         assert changed > 0

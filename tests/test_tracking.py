@@ -305,3 +305,27 @@ def test_server_down_fails_or_trains_locally_then_syncs_everything_when_back(tmp
         assert Path(local).stat().st_size == (run_dir / "media" / "open_loop_step000000040.mp4").stat().st_size
     finally:
         _stop_server(server)
+
+
+def _probe_after_barrier(uri: str, barrier) -> str | None:
+    import mlflow.tracking  # noqa: F401 - import before the barrier so that the processes reach the store together
+
+    barrier.wait(timeout=120)
+    from hieros.training.tracking import probe
+
+    return probe(uri)
+
+
+@pytest.mark.slow
+def test_parallel_first_use_of_a_fresh_sqlite_store_succeeds_in_every_process(tmp_path):
+    """Two runs started together on a fresh store used to race in MLflow's schema migration ('duplicate column')."""
+    import concurrent.futures
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
+            problems = list(pool.map(_probe_after_barrier, [uri] * 4, [barrier] * 4))
+    assert problems == [None] * 4

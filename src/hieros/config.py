@@ -102,6 +102,7 @@ RULES: tuple[Rule, ...] = (
     Rule("training.eval_every", _int_in(0), "an integer >= 0"),
     Rule("training.eval_episodes", _int_in(0), "an integer >= 0"),
     Rule("training.final_eval_episodes", _int_in(0), "an integer >= 0"),
+    Rule("training.eval_max_steps", lambda v: v is None or _int_in(1)(v), "null or an integer >= 1"),
     Rule("training.log_every", _int_in(1), "an integer >= 1"),
     Rule("training.checkpoint_every", _int_in(0), "an integer >= 0"),
     Rule("training.checkpoint_minutes", _number_in(0.0), "a number >= 0"),

@@ -228,8 +228,18 @@ def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: in
 
 
 def run(quick: bool = False) -> dict:
-    threads = 2
+    """Full run: the paper-size figures (tens of minutes on 2 cores). ``quick``: tiny sizes, 1 thread, seconds."""
+    previous_threads = torch.get_num_threads()
+    # tiny quick-mode ops gain nothing from a pool, and a single thread cannot stall on a busy sibling
+    threads = 1 if quick else 2
     torch.set_num_threads(threads)
+    try:
+        return _run(quick, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(quick: bool, threads: int) -> dict:
     if quick:
         config = _Config(d_model=32, state_size=16, blocks=4, num_blocks=2, batch=4)
         lengths, iterations, warmup = (16,), 3, 1

@@ -55,7 +55,8 @@ _FULL = {"size": "paper", "image": 64, "actions": 18, "batch": 16, "length": 64,
 _QUICK = {"size": "tiny", "image": 16, "actions": 4, "batch": 4, "length": 16, "starts": 64, "horizon": 4}
 
 
-def _compose(*overrides: str):
+def compose_config(*overrides: str):
+    """The composed ``hieros.conf`` config (inside an active Hydra context, or in a fresh one)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -66,7 +67,7 @@ def _compose(*overrides: str):
 
 
 def _config(sequence_model: str, setup: dict):
-    return _compose(f"sequence_model={sequence_model}", f"model={setup['size']}")
+    return compose_config(f"sequence_model={sequence_model}", f"model={setup['size']}")
 
 
 def _world_model(registry: Registry, cfg, setup: dict) -> WorldModel:

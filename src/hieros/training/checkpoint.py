@@ -46,6 +46,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "training.checkpoint_*",
     "training.keep_checkpoints",
     "training.parallel_envs",
+    "training.torch_threads",
+    "training.progress",
     "logger.*",
     "fabric.*",
     "paths.*",

@@ -125,6 +125,7 @@ class Run:
         self.step = 0
         self.updates = [0] * len(self.agent.levels)
         self.episodes: list[dict[str, float]] = []
+        self.eval_capped: dict[str, int] = {}  # episodes stopped by training.eval_max_steps in the latest evaluation
         self.metrics_offset = 0  # bytes of metrics.jsonl written up to the last checkpoint
         self.metrics = MetricMeans()
         self.acting = self.agent.initial_acting_state(self.num_envs, self.device)
@@ -242,15 +243,30 @@ class Run:
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, mode: str) -> list[float]:
-        """Run ``episodes`` episodes in fresh environments with a fresh acting state (shares nothing with training)."""
+        """Run ``episodes`` episodes in fresh environments with a fresh acting state (shares nothing with training).
+
+        With ``training.eval_max_steps`` an episode stops after that many agent steps and scores its partial return;
+        ``self.eval_capped[mode]`` counts such episodes of the latest evaluation."""
+        self.eval_capped[mode] = 0
         if episodes <= 0:
             return []
         training = self.cfg.training
         num = max(1, min(training.eval_num_envs, episodes))
         envs = make_vector_env(self.registry, self.cfg.env, num, seed=self.cfg.seed + 100_000)
+        capped: list[bool] = []
         try:
-            return run_episodes(self.agent, envs, episodes, mode, self.cfg.seed + 100_000, self.device)
+            return run_episodes(
+                self.agent,
+                envs,
+                episodes,
+                mode,
+                self.cfg.seed + 100_000,
+                self.device,
+                max_steps=training.get("eval_max_steps"),
+                capped=capped,
+            )
         finally:
+            self.eval_capped[mode] = sum(capped)
             envs.close()
 
 
@@ -262,22 +278,47 @@ def run_episodes(
     seed: int,
     device,
     on_step: Callable[[Mapping[str, np.ndarray]], None] | None = None,
+    max_steps: int | None = None,
+    capped: list[bool] | None = None,
 ) -> list[float]:
     """Returns of the first ``episodes`` episodes to end; ``on_step`` sees every transition dict (e.g. to record
-    frames)."""
+    frames). ``max_steps`` (None = no cap) stops an episode after that many agent steps: it scores its partial
+    return, its env idles until every env is capped or done, then all restart (new seeds); ``capped`` receives one
+    flag per returned episode (True = stopped by the cap)."""
     acting = agent.initial_acting_state(envs.num_envs, device)
     obs = envs.reset(seed=seed)
     returns: list[float] = []
+    flags: list[bool] = []
+    partial = np.zeros(envs.num_envs)  # return and agent steps of each env's running episode (for the cap)
+    steps = np.zeros(envs.num_envs, np.int64)
+    idle = np.zeros(envs.num_envs, bool)  # capped envs wait here for the others
+    restarts = 0
     while len(returns) < episodes:
         if on_step is not None:
             on_step(obs)
         actions, _ = agent.act(obs, acting, mode)
         obs = envs.step(actions)
-        for env in np.flatnonzero(obs["is_last"]):
+        partial = np.where(obs["is_first"], 0.0, partial + obs["reward"])
+        steps = np.where(obs["is_first"], 0, steps + 1)
+        for env in np.flatnonzero(obs["is_last"] & ~idle):
             if len(returns) < episodes:
                 returns.append(float(obs["episode_return"][env]))
+                flags.append(False)
+        if max_steps is None:
+            continue
+        for env in np.flatnonzero((steps >= max_steps) & ~obs["is_last"] & ~idle):
+            if len(returns) < episodes:
+                returns.append(float(partial[env]))
+                flags.append(True)
+            idle[env] = True
+        if idle.all() and len(returns) < episodes:
+            restarts += 1
+            obs = envs.reset(seed=seed + 1_000_003 * restarts)
+            partial[:], steps[:], idle[:] = 0.0, 0, False
     if on_step is not None:
         on_step(obs)
+    if capped is not None:
+        capped[:] = flags
     return returns
 
 
@@ -286,10 +327,22 @@ def final_scores(run: Run, evaluation: Mapping[str, list[float]]) -> dict[str, A
     last 10% of steps."""
     steps = run.cfg.training.steps
     tail = [episode["return"] for episode in run.episodes if episode["step"] > 0.9 * steps]
+    cap = run.cfg.training.get("eval_max_steps")
+    final_eval: dict[str, Any] = {
+        mode: {"mean": float(np.mean(r)) if r else None, "episodes": r} for mode, r in evaluation.items()
+    }
+    capped: dict[str, Any] = {}
+    if cap is not None:  # a capped episode scores its partial return: say so next to the numbers
+        for mode, entry in final_eval.items():
+            entry["capped_episodes"] = run.eval_capped.get(mode, 0)
+        capped = {
+            "eval_max_steps": cap,
+            "eval_note": f"evaluation episodes stopped after eval_max_steps={cap} agent steps (capped_episodes) "
+            f"score their partial return",
+        }
     return {
-        "final_eval": {
-            mode: {"mean": float(np.mean(r)) if r else None, "episodes": r} for mode, r in evaluation.items()
-        },
+        "final_eval": final_eval,
+        **capped,
         "train_return_last10pct": float(np.mean(tail)) if tail else None,
         "train_episodes_last10pct": len(tail),
         "agent_steps": run.step,
@@ -297,6 +350,17 @@ def final_scores(run: Run, evaluation: Mapping[str, list[float]]) -> dict[str, A
         "updates": run.updates,
         "train_episodes": len(run.episodes),
     }
+
+
+def report_capped(run: Run, info: Callable[[str], None]) -> None:
+    """One console line when training.eval_max_steps stopped evaluation episodes (their score is partial)."""
+    capped = {mode: n for mode, n in run.eval_capped.items() if n}
+    if capped:
+        counts = ", ".join(f"{n} {mode}" for mode, n in capped.items())
+        info(
+            f"evaluation at step {run.step}: {counts} episode(s) stopped at training.eval_max_steps="
+            f"{run.cfg.training.eval_max_steps} agent steps; their score is the partial return"
+        )
 
 
 def make_fabric(cfg: DictConfig) -> Fabric:
@@ -453,6 +517,7 @@ def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | 
                     metrics_file.write(
                         run.step, {f"eval/{mode}_score": float(np.mean(r)) for mode, r in scores.items() if r}
                     )
+                    report_capped(run, console.info)
                 if crossed(before, run.step, tracker.media_every) and run.step < training.steps:
                     write_media()
                 wall_clock_due = training.checkpoint_minutes > 0 and time.monotonic() >= checkpoint_due
@@ -466,6 +531,7 @@ def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | 
 
         # Final evaluation (spec section 1.4), media and scores.
         evaluation = {mode: run.evaluate(training.final_eval_episodes, mode) for mode in training.eval_modes}
+        report_capped(run, console.info)
         means = {mode: float(np.mean(returns)) for mode, returns in evaluation.items() if returns}
         metrics_file.write(
             run.step, {f"{kind}/{mode}_score": mean for mode, mean in means.items() for kind in ("eval", "final_eval")}

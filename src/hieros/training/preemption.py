@@ -1,9 +1,15 @@
-"""SIGTERM / SIGUSR2 (SLURM preemption, submitit's time-limit warning): checkpoint, then let the signal act.
+"""SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption and requeue, submitit's time-limit warning): checkpoint, then let
+the signal act.
 
 The handler only sets a flag; the loop checks :attr:`Preemption.requested` once per step, writes a checkpoint and
-calls :meth:`Preemption.forward`, which hands the signal to the handler that was installed before (submitit's
-requeue handler under SLURM) or, for the default action, exits with status 128 + signal number. A second signal
-while the first is pending acts immediately.
+calls :meth:`Preemption.forward`, which hands the signal to the handler that was installed before or, for the
+default action, exits with status 128 + signal number. A second signal while the first is pending acts immediately.
+
+Under submitit (hydra/launcher=slurm_a100 | slurm_cpu | local) the previous handlers are submitit's: USR2 (or the
+signal named by ``SUBMITIT_PREEMPT_SIGNAL``) calls the launcher's ``checkpoint`` (the same job with the same
+overrides), runs ``scontrol requeue`` and exits; SIGTERM (sent by SLURM on ``scontrol requeue``, preemption or
+cancellation, ``KillWait`` seconds before SIGKILL) is only logged, so the job trains on until it is killed, with a
+checkpoint at the step the signal arrived. Either way the requeued job resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR2") if hasattr(signal, name))
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
 class Preemption:

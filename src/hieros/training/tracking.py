@@ -9,8 +9,10 @@ mirrors both into one MLflow run from a background thread, so no MLflow call eve
 * artifacts: ``config.yaml`` and ``.hydra/overrides.yaml`` (under ``config/``), ``scores.json``, ``media/*`` (GIF and
   MP4), ``metrics.jsonl`` at the end, and optionally the checkpoints;
 * params (the flattened resolved config, logged once: a resumed run logs only the keys its run lacks) and tags
-  (component choices, seed, game, depth, git commit, run directory, ``mlflow.parentRunId`` from
-  ``HIEROS_PARENT_RUN_ID``).
+  (overrides, component choices, seed, game, depth, Hydra job number, SLURM job id and restarts, git commit, run
+  directory, and ``mlflow.parentRunId``: ``HIEROS_PARENT_RUN_ID`` if set, else the parent run of the sweep the job
+  belongs to, read from ``<run_dir>/mlflow_parent.json``, which the sweep callback writes; see
+  :mod:`hieros.training.sweep`).
 
 ``<run_dir>/mlflow_run_id`` holds the run id (a rerun in the same directory re-attaches to the run) and
 ``<run_dir>/mlflow_sync.json`` how far the mirror got. When the store is unreachable at start, the run fails with a
@@ -23,6 +25,8 @@ points); ``metrics.jsonl`` is truncated to the checkpoint and holds only the rer
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -31,7 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from hieros.training.checkpoint import flatten
 RUN_ID_FILE = "mlflow_run_id"
 SYNC_FILE = "mlflow_sync.json"
 PARENT_RUN_ENV = "HIEROS_PARENT_RUN_ID"
+SWEEP_PARENT_FILE = "mlflow_parent.json"  # sweep parent run (in the sweep and job folders), by hieros.training.sweep
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
@@ -114,14 +119,30 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
         except (urllib.error.URLError, OSError, ValueError) as error:
             return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
     try:
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with _sqlite_init_lock(uri):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure means the store cannot be used
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return None
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a sqlite store between processes of this host: MLflow creates and migrates the
+    schema on first contact, and two runs doing that at once fail with 'duplicate column name'."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def flat_params(config: Mapping[str, Any]) -> dict[str, str]:
@@ -155,16 +176,54 @@ def git_info(start: Path | None = None) -> dict[str, str]:
     return {"git_sha": sha.stdout.strip(), "git_dirty": str(bool(status.stdout.strip())).lower()}
 
 
-def hydra_job_info() -> dict[str, str]:
-    """Run name and job number from Hydra when the run was started through it."""
+def _hydra_config():
+    """The Hydra config of the running job, or None outside Hydra."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        hydra_cfg = HydraConfig.get()
+        return HydraConfig.get()
     except Exception:  # noqa: BLE001 - not started by Hydra
+        return None
+
+
+def _is_multirun(hydra_cfg) -> bool:
+    return hydra_cfg is not None and hydra_cfg.mode is not None and str(hydra_cfg.mode).endswith("MULTIRUN")
+
+
+def read_sweep_parent(folder: str | os.PathLike) -> dict[str, str] | None:
+    """``<folder>/mlflow_parent.json`` (``run_id``, ``tracking_uri``), or None when absent or unreadable."""
+    try:
+        record = json.loads((Path(folder) / SWEEP_PARENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("run_id") else None
+
+
+def sweep_parent_run_id(run_dir: Path, uri: str, report: Callable[[str], None] = print) -> str | None:
+    """The parent run of the sweep this job belongs to (``<run_dir>/mlflow_parent.json``), when it lives in the
+    same store ``uri``."""
+    record = read_sweep_parent(run_dir)
+    if record is None:
+        return None
+    if record.get("tracking_uri") != uri:
+        report(
+            f"the sweep's MLflow parent run {record['run_id']} is in {record.get('tracking_uri')}, this job logs to "
+            f"{uri}: no parent (export the same MLFLOW_TRACKING_URI on the submitting host and in the jobs)"
+        )
+        return None
+    return str(record["run_id"])
+
+
+def hydra_job_info() -> dict[str, str]:
+    """Run name, overrides and job number from Hydra when the run was started through it."""
+    hydra_cfg = _hydra_config()
+    if hydra_cfg is None:
         return {}
     info = {}
-    if hydra_cfg.mode is not None and str(hydra_cfg.mode).endswith("MULTIRUN"):
+    overrides = [str(item) for item in hydra_cfg.overrides.get("task") or []]
+    if overrides:
+        info["overrides"] = " ".join(overrides)
+    if _is_multirun(hydra_cfg):
         info["hydra.job.num"] = str(hydra_cfg.job.num)
         override_dirname = hydra_cfg.job.get("override_dirname") or ""
         if override_dirname:  # a sweep job is named by what it overrides
@@ -173,11 +232,16 @@ def hydra_job_info() -> dict[str, str]:
     for group in ("model", "hierarchy", "training", "fabric", "experiment"):
         if choices.get(group):
             info[f"choice.{group}"] = str(choices[group])
+    if choices.get("hydra/launcher"):
+        info["choice.launcher"] = str(choices["hydra/launcher"])
     return info
 
 
-def run_tags(config: Mapping[str, Any], run_dir: Path) -> dict[str, str]:
-    """Tags of a training run: component choices, seed, game, depth, git commit, where the run lives."""
+def run_tags(
+    config: Mapping[str, Any], run_dir: Path, uri: str | None = None, report: Callable[[str], None] = print
+) -> dict[str, str]:
+    """Tags of a training run: overrides, component choices, seed, game, depth, Hydra job number, SLURM job id,
+    git commit, where the run lives, and its parent run (``uri``: the store the run is logged to)."""
     env = config.get("env", {})
     tags = {
         "run_dir": str(run_dir),
@@ -200,12 +264,15 @@ def run_tags(config: Mapping[str, Any], run_dir: Path) -> dict[str, str]:
         tags["slurm_job_id"] = f"{slurm[0]}_{slurm[1]}"
     elif slurm[2]:
         tags["slurm_job_id"] = slurm[2]
+    if os.environ.get("SLURM_RESTART_COUNT"):  # > 0 after a requeue (preemption, timeout, scontrol requeue)
+        tags["slurm_restarts"] = os.environ["SLURM_RESTART_COUNT"]
     git = git_info()
     tags.update(git)
     if "git_sha" in git:
         tags["mlflow.source.git.commit"] = git["git_sha"]
-    if os.environ.get(PARENT_RUN_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    parent = os.environ.get(PARENT_RUN_ENV) or (sweep_parent_run_id(run_dir, uri, report) if uri else None)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     return {key[:MAX_KEY]: value[:MAX_TAG_VALUE] for key, value in tags.items()}
 
 
@@ -331,6 +398,7 @@ class MlflowTracker(Tracker):
 
     # ----------------------------------------------------------- start
     def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # holds mlflow_run_id and the sync record
         problem = probe(self.uri)
         if problem is None:
             try:
@@ -365,7 +433,7 @@ class MlflowTracker(Tracker):
             if run is not None and run.info.lifecycle_stage == "deleted":
                 self.report(f"MLflow run {self.run_id} was deleted; creating a new run")
                 run = None
-        tags = run_tags(self.config, self.run_dir)
+        tags = run_tags(self.config, self.run_dir, self.uri, self.report)
         if run is None:
             experiment_id = _retry(
                 lambda: get_or_create_experiment(client, self.experiment_name, self.artifact_location)
@@ -524,6 +592,9 @@ class MlflowTracker(Tracker):
             self._stop.set()
             self._wake.set()
             self._thread.join(timeout=120)
+            if self._thread.is_alive():  # stuck in a store call: leave the rest to the next run of the command
+                self.report(f"MLflow store {self.uri} does not answer; re-run the same command later to sync")
+                return
             self._thread = None
         if self._sync_once(final=True) and self.client is not None:
             try:
