@@ -138,8 +138,10 @@ def test_preemption_defers_the_signal_until_forwarded():
         with Preemption() as preemption:
             os.kill(os.getpid(), signal.SIGUSR2)
             assert preemption.requested and calls == []  # only a flag: the loop checkpoints first
+            assert preemption.signal_name == "SIGUSR2"
             preemption.forward()
             assert calls == [signal.SIGUSR2] and not preemption.requested  # then the old handler runs (submitit)
+            assert preemption.signal_name is None
         with Preemption() as preemption:
             os.kill(os.getpid(), signal.SIGTERM)
             assert preemption.requested

@@ -119,6 +119,8 @@ def test_scontrol_requeue_resumes_the_job_from_its_checkpoint_in_the_same_mlflow
     log = _job_log(sweep, job_id)
     starts = re.findall(r"\[hieros\]\s+start\s+(.+)", log)
     assert len(starts) == 2 and starts[0].strip() == "fresh start", starts  # the same job ran twice
+    # SLURM's SIGTERM made the job checkpoint at the step it arrived (then it trained on until SIGKILL)
+    assert re.search(r"\[hieros\] SIGTERM received: checkpoint written at step \d+", log), log[-2000:]
     resumed = re.fullmatch(r"resumed from step_(\d+)\.ckpt \(step (\d+)\)", starts[1].strip())
     assert resumed and int(resumed.group(1)) == int(resumed.group(2)) >= 3 * every, starts[1]
 

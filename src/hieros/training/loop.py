@@ -524,6 +524,8 @@ def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | 
                 if crossed(before, run.step, training.checkpoint_every) or wall_clock_due or preemption.requested:
                     save_checkpoint()
                     saved_step, checkpoint_due = run.step, time.monotonic() + 60 * training.checkpoint_minutes
+                    if preemption.requested:
+                        console.info(f"{preemption.signal_name} received: checkpoint written at step {run.step}")
                     preemption.forward()  # exits (or requeues under submitit) when a signal asked for it
             console.stop()
             if saved_step != run.step or not checkpoints.paths():

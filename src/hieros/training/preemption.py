@@ -31,6 +31,11 @@ class Preemption:
     def requested(self) -> bool:
         return self.received is not None
 
+    @property
+    def signal_name(self) -> str | None:
+        """Name of the pending signal (``SIGTERM``), or None."""
+        return None if self.received is None else signal.Signals(self.received).name
+
     def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
