@@ -633,3 +633,50 @@ def test_python_m_hieros_report_entry_point(tmp_path: Path, python_runner):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_reward_curves_legend_survives_a_game_without_episodes(tmp_path: Path):
+    """At smoke size most games end no episode: the legend must still name every variant (it used to be taken
+    from the first panel only, which was empty) and an empty panel must say that it has no data."""
+    from hieros.report import figures
+
+    sweep_root = make_sweep(tmp_path / "runs", games=("krull", "breakout"))
+    for metrics in sweep_root.glob("*/metrics.jsonl"):
+        config = yaml.safe_load((metrics.parent / ".hydra" / "config.yaml").read_text())
+        if config["env"]["game"] == "breakout":  # the first panel (games are sorted): no episode ended
+            lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+            lines = [{k: v for k, v in line.items() if k != "episode/score"} for line in lines]
+            metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sweep = rd.load(sweep_root)
+    figure = figures.reward_curves(sweep)
+    first, second = figure.axes[:2]
+    assert first.get_title() == "breakout" and first.get_legend() is not None
+    legend = [text.get_text().split(" (")[0] for text in first.get_legend().get_texts()]
+    assert sorted(legend) == sorted(sweep.variants)
+    assert [text.get_text() for text in first.texts] == ["no episode/score logged"]
+    assert len(second.texts) == 0 and second.get_legend() is None
+
+
+def test_sweep_directory_report_is_logged_to_the_parent_run_its_callback_recorded(tmp_path: Path):
+    """A sweep directory written by hieros' sweep callback carries mlflow_parent.json: the report of that directory
+    goes to the parent run too; a record pointing at a store that no longer exists is listed, and creates nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from hieros.training.sweep import write_record
+
+    sweep_root = make_sweep(tmp_path / "runs", games=("breakout",))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("smoke_depth", (tmp_path / "art").as_uri())).info.run_id
+    write_record(sweep_root, {"run_id": parent, "tracking_uri": uri, "sweep_dir": str(sweep_root)})
+    only = ["reward_curves"]
+    report = build_report(sweep_root, out=tmp_path / "r1", reps=REPS, formats=["png"], only=only)
+    assert report.sweep.kind == "directory" and report.logged_to == parent
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}
+
+    gone = tmp_path / "moved" / "mlflow.db"
+    write_record(sweep_root, {"run_id": parent, "tracking_uri": f"sqlite:///{gone}"})
+    report = build_report(sweep_root, out=tmp_path / "r2", reps=REPS, formats=["png"], only=only)
+    assert report.logged_to is None and not gone.exists()
+    assert any(p.kind == "not logged" and "does not exist" in p.detail for p in report.problems)
+    assert build_report(sweep_root, out=tmp_path / "r3", reps=REPS, only=only, log_to_mlflow=False).logged_to is None

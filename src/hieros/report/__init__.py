@@ -8,8 +8,9 @@ Usage::
 
 SOURCE is a Hydra sweep directory (no MLflow needed), an MLflow experiment name, or a parent run id (tracking URI:
 ``MLFLOW_TRACKING_URI`` or ``sqlite:///<HIEROS_HOME or ./hieros-runs>/mlflow.db``). The output folder holds PNG and
-SVG figures, CSV tables and ``report.md``; with an MLflow SOURCE it is also logged as artifacts (``report/``) of the
-sweep's parent run.
+SVG figures, CSV tables and ``report.md``; it is also logged as artifacts (``report/``) of the sweep's MLflow parent
+run: the SOURCE's parent run, or for a sweep directory the one its ``mlflow_parent.json`` names (``--no-mlflow-log``
+skips this).
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def build_report(
     formats: Sequence[str] = ("png", "svg"),
     only: Sequence[str] | None = None,
 ) -> Report:
-    """Load SOURCE, compute the tables and figures, write them and ``report.md`` into ``out``; with an MLflow SOURCE
-    also log ``out`` to the parent run. Problems in the data are listed in the report, never raised."""
+    """Load SOURCE, compute the tables and figures, write them and ``report.md`` into ``out``; when the sweep has an
+    MLflow parent run (an MLflow SOURCE, or a sweep directory's ``mlflow_parent.json``) also log ``out`` to it. Problems in the data are listed in the report, never raised."""
     if score not in SCORE_KINDS:
         raise ValueError(f"--score must be one of {', '.join(SCORE_KINDS)}, got {score!r}")
     if mode not in EVAL_MODES:
@@ -312,7 +313,7 @@ def build_report(
     )
     report_path = write_report(content, out)
     report = Report(out, report_path, sweep, content, figures, tables, problems)
-    if sweep.kind == "mlflow" and log_to_mlflow:
+    if log_to_mlflow and (sweep.kind == "mlflow" or sweep.parent_run_id is not None):
         report.logged_to = _log_to_mlflow(sweep, out, problems)
         if report.logged_to is None:
             write_report(content, out)  # the report now lists why logging failed
@@ -322,6 +323,11 @@ def build_report(
 def _log_to_mlflow(sweep: Sweep, out: Path, problems: list[Problem]) -> str | None:
     if sweep.parent_run_id is None:
         problems.append(Problem("not logged", "the MLflow source has no parent run to attach the report to"))
+        return None
+    uri = sweep.tracking_uri or ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # a sweep directory copied away from its store: do not create an empty store at the old path
+        problems.append(Problem("not logged", f"the sweep's MLflow store {uri} does not exist (moved or deleted)"))
         return None
     try:
         from mlflow.tracking import MlflowClient

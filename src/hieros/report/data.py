@@ -690,6 +690,11 @@ def load_sweep_dir(path: str | Path, metrics: Sequence[str] = DEFAULT_METRICS) -
                     f"missing job numbers: {', '.join(map(str, missing))}",
                 )
             )
+    from hieros.training.tracking import read_sweep_parent  # here: the training package imports torch
+
+    parent = read_sweep_parent(root)  # written by the sweep callback (hieros.training.sweep) on the submitting host
+    if parent is not None:
+        sweep.parent_run_id, sweep.tracking_uri = str(parent["run_id"]), parent.get("tracking_uri")
     return sweep
 
 

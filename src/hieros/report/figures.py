@@ -86,6 +86,19 @@ def _band(axis, records: Sequence[RunRecord], metric: str, colour: str, label: s
     return True
 
 
+def _legend(axes: np.ndarray, empty_note: str = "no data") -> None:
+    """One legend of every labelled line of ``axes`` (on the first panel), and ``empty_note`` on panels with none:
+    a panel without data (e.g. a game where no episode ended) must not hide the legend or look like a zero line."""
+    handles: dict[str, object] = {}
+    for axis in np.ravel(axes):
+        lines, labels = axis.get_legend_handles_labels()
+        if not lines and axis.get_visible():
+            axis.text(0.5, 0.5, empty_note, transform=axis.transAxes, ha="center", va="center", color="grey")
+        handles.update({label: line for line, label in zip(lines, labels) if label not in handles})
+    if handles:
+        np.ravel(axes)[0].legend(list(handles.values()), list(handles), fontsize=7)
+
+
 def _step_label(sweep: Sweep) -> str:
     repeats = {record.config.get("env.action_repeat") for record in sweep.records if record.config}
     repeats.discard(None)
@@ -118,7 +131,7 @@ def reward_curves(
         axis.grid(alpha=0.3)
     if not drawn:
         return None
-    axes[0].legend(fontsize=7)
+    _legend(axes[: len(games)], empty_note=f"no {metric} logged")
     figure.suptitle(f"{metric} (line: mean over seeds; band: min-max)", fontsize=10)
     return figure
 
@@ -232,7 +245,7 @@ def partial_rewards(sweep: Sweep, variant: str | None = None, games: Sequence[st
                 axis.set_ylabel("mean reward per imagined step")
     if not drawn:
         return None
-    axes[0, 0].legend(fontsize=7)
+    _legend(axes)
     figure.supxlabel(_step_label(sweep))
     figure.suptitle(f"Partial rewards per level ({variant})")
     return figure
@@ -256,7 +269,7 @@ def world_model_losses(
                 _band(axis, sweep.select(variant, game), f"train/level{level}/{loss}", colours[variant], variant)
             axis.set_title(f"{game}: {loss}", fontsize=9)
             axis.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+    _legend(axes)
     figure.supxlabel(_step_label(sweep))
     figure.suptitle(f"World-model losses, level {level}")
     return figure
