@@ -155,7 +155,8 @@ def build_report(
     only: Sequence[str] | None = None,
 ) -> Report:
     """Load SOURCE, compute the tables and figures, write them and ``report.md`` into ``out``; when the sweep has an
-    MLflow parent run (an MLflow SOURCE, or a sweep directory's ``mlflow_parent.json``) also log ``out`` to it. Problems in the data are listed in the report, never raised."""
+    MLflow parent run (an MLflow SOURCE, or a sweep directory's ``mlflow_parent.json``) also log ``out`` to it.
+    Problems in the data are listed in the report, never raised."""
     if score not in SCORE_KINDS:
         raise ValueError(f"--score must be one of {', '.join(SCORE_KINDS)}, got {score!r}")
     if mode not in EVAL_MODES:
@@ -324,10 +325,14 @@ def _log_to_mlflow(sweep: Sweep, out: Path, problems: list[Problem]) -> str | No
     if sweep.parent_run_id is None:
         problems.append(Problem("not logged", "the MLflow source has no parent run to attach the report to"))
         return None
-    uri = sweep.tracking_uri or ""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    from hieros.training.tracking import sqlite_path
+
+    database = sqlite_path(sweep.tracking_uri or "")
+    if database is not None and not database.is_file():
         # a sweep directory copied away from its store: do not create an empty store at the old path
-        problems.append(Problem("not logged", f"the sweep's MLflow store {uri} does not exist (moved or deleted)"))
+        problems.append(
+            Problem("not logged", f"the sweep's MLflow store {sweep.tracking_uri} does not exist (moved or deleted)")
+        )
         return None
     try:
         from mlflow.tracking import MlflowClient

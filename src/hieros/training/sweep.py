@@ -44,6 +44,7 @@ from hieros.training.tracking import (
     is_remote,
     read_sweep_parent,
     resolve_tracking_uri,
+    sqlite_path,
 )
 
 
@@ -93,8 +94,8 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir)).expanduser().resolve()
         uri = resolve_tracking_uri(logger_cfg.get("tracking_uri"), config.paths.root)
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if (database := sqlite_path(uri)) is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
         location = logger_cfg.get("artifact_location")
         location = None if (is_remote(uri) or not location) else str(Path(location).expanduser().resolve())

@@ -96,14 +96,17 @@ def _jsonable(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- helpers
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` tracking URI, or None for any other store."""
+    return Path(uri[len("sqlite:///") :]).expanduser() if uri.startswith("sqlite:///") else None
+
+
 def resolve_tracking_uri(uri: str | None, root: str | os.PathLike = "hieros-runs") -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``uri``, else the sqlite store under ``root``; sqlite paths made absolute
     (so that the run, ``mlflow ui`` and the report find the same file from any directory)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or f"sqlite:///{Path(root).expanduser().resolve()}/mlflow.db"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :]).expanduser()
-        uri = f"sqlite:///{path.resolve()}"
-    return uri
+    path = sqlite_path(uri)
+    return uri if path is None else f"sqlite:///{path.resolve()}"
 
 
 def is_remote(uri: str) -> bool:
@@ -132,10 +135,10 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
 def _sqlite_init_lock(uri: str) -> Iterator[None]:
     """Serialise the first use of a sqlite store between processes of this host: MLflow creates and migrates the
     schema on first contact, and two runs doing that at once fail with 'duplicate column name'."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         yield
         return
-    path = Path(uri[len("sqlite:///") :])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".init-lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
