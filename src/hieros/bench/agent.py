@@ -19,11 +19,10 @@ CPU time much less). Medians are over ``iterations`` timed runs after ``warmup``
 * ``policy_step``: ``Hierarchy.act`` for one environment (batch 1), sampled actions, over ``policy_steps``
   consecutive steps from an episode start after warm-up: the median (most steps only level 0 observes), the mean,
   and the median over the steps where all levels act (every k² = 16 steps).
-* ``memory``: peak resident memory of training the full 3-level paper configuration, in a fresh ``python -c``
-  process (torch has no CPU allocator statistics): ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after building
-  the agent, its optimisers and the batches (``baseline_mib``), and after two updates of every level plus k²
-  policy steps (``peak_mib``, the high-water mark; the first update of each level allocates its optimizer
-  state). A replay would add its own size (it lives on disk, memory-mapped).
+* ``memory``: peak resident memory of training the full 3-level paper configuration, in a fresh Python process
+  (:mod:`hieros.bench._memory`): resident memory after building the agent, its optimisers and the batches
+  (``baseline_mib``), and its high-water mark during k² policy steps and two updates of every level
+  (``peak_mib``, baseline included; the first update of each level allocates its optimizer state). A replay would add its own size (it lives on disk, memory-mapped).
 * ``loop``: agent steps per second of the whole training loop (``hieros.training.loop.train``: acting, replay,
   training at the ratio, metric reports, checkpoints) at ``tiny`` size on the real environment named in
   ``loop.setup``, from the loop's own ``sps`` reports (startup and the final evaluation excluded; periodic
@@ -39,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hieros.bench._memory import in_fresh_process, measure_step
 from hieros.bench.world_model import compose_config
 from hieros.registry import Registry
 
@@ -297,51 +296,38 @@ def _policy_step(setup: dict) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ peak memory
 
 
-def _maxrss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _memory_case(quick: str = "0") -> dict[str, float]:
-    """Peak RSS of training the 3-level agent, in this (fresh) process."""
+def _memory_case(quick: str = "0") -> dict[str, Any]:
+    """Resident memory of training the 3-level agent, in this (fresh) process (see :mod:`hieros.bench._memory`)."""
     torch.set_num_threads(THREADS)
     setup = _QUICK if quick == "1" else _FULL
     hierarchy, fabric = _hierarchy("s5", setup), _fabric()
     levels = range(len(hierarchy.levels))
     optimizers = [hierarchy.levels[i].make_optimizers() for i in levels]
     batches = [_batch(hierarchy, i, setup) for i in levels]
-    baseline = _maxrss_mib()
-    acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
-    image = setup["image"]
-    for step in range(hierarchy.k ** (len(hierarchy.levels) - 1)):
-        obs = {
-            "image": np.zeros((1, image, image, 3), np.uint8),
-            "reward": np.zeros(1, np.float32),
-            "is_first": np.array([step == 0]),
-            "is_last": np.zeros(1, bool),
-            "is_terminal": np.zeros(1, bool),
-        }
-        hierarchy.act(obs, acting, "sampled")
-    for _ in range(2):
-        for index in levels:
-            hierarchy.levels[index].train_step(batches[index], optimizers[index], fabric)
-    peak = _maxrss_mib()
-    return {
-        "baseline_mib": round(baseline, 1),
-        "peak_mib": round(peak, 1),
-        "growth_mib": round(peak - baseline, 1),
-        "parameters": sum(p.numel() for p in hierarchy.parameters()),
-    }
+
+    def act_then_train_every_level_twice() -> None:
+        acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
+        image = setup["image"]
+        for step in range(hierarchy.k ** (len(hierarchy.levels) - 1)):
+            obs = {
+                "image": np.zeros((1, image, image, 3), np.uint8),
+                "reward": np.zeros(1, np.float32),
+                "is_first": np.array([step == 0]),
+                "is_last": np.zeros(1, bool),
+                "is_terminal": np.zeros(1, bool),
+            }
+            hierarchy.act(obs, acting, "sampled")
+        for _ in range(2):
+            for index in levels:
+                hierarchy.levels[index].train_step(batches[index], optimizers[index], fabric)
+
+    figures = measure_step(act_then_train_every_level_twice)
+    figures["parameters"] = sum(p.numel() for p in hierarchy.parameters())
+    return figures
 
 
 def _peak_memory(quick: bool) -> dict[str, Any]:
-    code = "import json, sys; from hieros.bench.agent import _memory_case; print(json.dumps(_memory_case(sys.argv[1])))"
-    command = [sys.executable, "-c", code, "1" if quick else "0"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process("hieros.bench.agent", "_memory_case", "1" if quick else "0")
 
 
 # ---------------------------------------------------------------------------------------- whole loop

@@ -14,11 +14,10 @@ runs after ``warmup`` untimed ones; ``*_s`` is wall clock, ``*_cpu_s`` the proce
   goal) and samples from a 2-layer actor. ``forward``: no autograd (REINFORCE, the default actor gradient,
   needs no gradient through the dynamics). ``forward_backward``: with autograd through the rollout and a
   backward pass (the DreamerV3 ``dynamics`` actor gradient).
-* ``memory`` (full run only): torch has no CPU allocator statistics, so each case runs once in a fresh
-  ``python -c`` process, which reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after building the model and
-  inputs (``baseline_mib``) and after the measured step (``peak_mib``, the process high-water mark; the first
-  update also allocates the optimizer state). ``level0_update`` is one real ``Subactor.train_step`` of level 0
-  of the 3-level paper-size hierarchy (world model + imagination + actor, critics and subgoal autoencoder).
+* ``memory`` (full run only): each case runs once in a fresh Python process (:mod:`hieros.bench._memory`):
+  resident memory after building the model and inputs (``baseline_mib``) and the resident high-water mark while
+  the measured step ran (``peak_mib``, baseline included; the first update also allocates the optimizer state).
+  ``level0_update`` is one real ``Subactor.train_step`` of level 0 of the 3-level paper-size hierarchy (world model + imagination + actor, critics and subgoal autoencoder).
 * The S5 parallel scan vs the step loop at T = 64 and T = 1024 is measured by :mod:`hieros.bench.s5`.
 
 Targets (issue 3): update ≤ 1.0 s for s5 and rssm; S5 imagination forward ≤ 0.5 s; level-0 update peak ≤ 6 GiB.
@@ -30,7 +29,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +40,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from hieros.agent.world_model import WorldModel
+from hieros.bench._memory import in_fresh_process, measure_step
 from hieros.nets.distributions import OneHotCategorical, symlog
 from hieros.nets.layers import MLP
 from hieros.registry import Registry
@@ -203,13 +202,7 @@ class _CPUFabric:
         return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, error_if_nonfinite=error_if_nonfinite)
 
 
-def _maxrss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _memory_case(case: str, sequence_model: str, quick: str = "0") -> dict[str, float]:
+def _memory_case(case: str, sequence_model: str, quick: str = "0") -> dict[str, Any]:
     """One measurement in this (fresh) process: ``update``, ``imagine`` or ``level0_update``."""
     torch.set_num_threads(THREADS)
     setup = _QUICK if quick == "1" else _FULL
@@ -225,34 +218,18 @@ def _memory_case(case: str, sequence_model: str, quick: str = "0") -> dict[str, 
         if level.has_goal:
             codes = torch.randint(0, 8, (setup["batch"], setup["length"], 8))
             batch["goal_code"] = F.one_hot(codes, 8).to(torch.uint8)
-        baseline = _maxrss_mib()
-        level.train_step(batch, optimizers, _CPUFabric())
-    else:
-        world_model = _world_model(registry, cfg, setup)
-        if case == "update":
-            step, batch = _update_step(world_model), _batch(setup)
-            baseline = _maxrss_mib()
-            step(batch)
-        elif case == "imagine":
-            actor, start = _actor(world_model, cfg, setup), _starts(world_model, setup)
-            baseline = _maxrss_mib()
-            _imagine(world_model, actor, start, setup["horizon"], backward=True)
-        else:
-            raise ValueError(f"unknown memory case {case!r}: use update, imagine or level0_update")
-    peak = _maxrss_mib()
-    return {"baseline_mib": round(baseline, 1), "peak_mib": round(peak, 1), "growth_mib": round(peak - baseline, 1)}
+        return measure_step(partial(level.train_step, batch, optimizers, _CPUFabric()))
+    world_model = _world_model(registry, cfg, setup)
+    if case == "update":
+        return measure_step(partial(_update_step(world_model), _batch(setup)))
+    if case == "imagine":
+        actor, start = _actor(world_model, cfg, setup), _starts(world_model, setup)
+        return measure_step(partial(_imagine, world_model, actor, start, setup["horizon"], True))
+    raise ValueError(f"unknown memory case {case!r}: use update, imagine or level0_update")
 
 
 def _peak_memory(case: str, sequence_model: str, quick: bool) -> dict[str, Any]:
-    code = (
-        "import json, sys; from hieros.bench.world_model import _memory_case; "
-        "print(json.dumps(_memory_case(*sys.argv[1:])))"
-    )
-    command = [sys.executable, "-c", code, case, sequence_model, "1" if quick else "0"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process("hieros.bench.world_model", "_memory_case", case, sequence_model, "1" if quick else "0")
 
 
 # ------------------------------------------------------------------------------------------------ run
