@@ -22,7 +22,8 @@ CPU time much less). Medians are over ``iterations`` timed runs after ``warmup``
 * ``memory``: peak resident memory of training the full 3-level paper configuration, in a fresh Python process
   (:mod:`hieros.bench._memory`): resident memory after building the agent, its optimisers and the batches
   (``baseline_mib``), and its high-water mark during k² policy steps and two updates of every level
-  (``peak_mib``, baseline included; the first update of each level allocates its optimizer state). A replay would add its own size (it lives on disk, memory-mapped).
+  (``peak_mib``, baseline included; the first update of each level allocates its optimizer state). A replay
+  would add its own size (it lives on disk, memory-mapped).
 * ``loop``: agent steps per second of the whole training loop (``hieros.training.loop.train``: acting, replay,
   training at the ratio, metric reports, checkpoints) at ``tiny`` size on the real environment named in
   ``loop.setup``, from the loop's own ``sps`` reports (startup and the final evaluation excluded; periodic
