@@ -17,7 +17,8 @@ runs after ``warmup`` untimed ones; ``*_s`` is wall clock, ``*_cpu_s`` the proce
 * ``memory`` (full run only): each case runs once in a fresh Python process (:mod:`hieros.bench._memory`):
   resident memory after building the model and inputs (``baseline_mib``) and the resident high-water mark while
   the measured step ran (``peak_mib``, baseline included; the first update also allocates the optimizer state).
-  ``level0_update`` is one real ``Subactor.train_step`` of level 0 of the 3-level paper-size hierarchy (world model + imagination + actor, critics and subgoal autoencoder).
+  ``level0_update`` is one real ``Subactor.train_step`` of level 0 of the 3-level paper-size hierarchy (world
+  model + imagination + actor, critics and subgoal autoencoder).
 * The S5 parallel scan vs the step loop at T = 64 and T = 1024 is measured by :mod:`hieros.bench.s5`.
 
 Targets (issue 3): update ≤ 1.0 s for s5 and rssm; S5 imagination forward ≤ 0.5 s; level-0 update peak ≤ 6 GiB.
