@@ -94,7 +94,8 @@ def _legend(axes: np.ndarray, empty_note: str = "no data") -> None:
         lines, labels = axis.get_legend_handles_labels()
         if not lines and axis.get_visible():
             axis.text(0.5, 0.5, empty_note, transform=axis.transAxes, ha="center", va="center", color="grey")
-        handles.update({label: line for line, label in zip(lines, labels) if label not in handles})
+        for line, label in zip(lines, labels):
+            handles.setdefault(label, line)  # the first panel's line of each label
     if handles:
         np.ravel(axes)[0].legend(list(handles.values()), list(handles), fontsize=7)
 
