@@ -62,13 +62,26 @@ def test_subgoal_reward_is_directors_cosine_max():
     assert subgoal_reward(goal, h, "original").item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_novelty_is_l2_reconstruction_error_in_h_space():
+def test_novelty_variants_measure_the_reconstruction_error_in_h_space():
     cfg = compose_config()
     autoencoder = SubgoalAutoencoder(6, OmegaConf.to_container(cfg, resolve=True)["agent"]["subgoal_autoencoder"])
     h = torch.randn(5, 6)
-    code = autoencoder.encode(h, sample=False)
-    expected = (h - autoencoder.decode(code)).norm(dim=-1)
-    torch.testing.assert_close(autoencoder.novelty(h), expected)
+    error = h - autoencoder.decode(autoencoder.encode(h, sample=False))
+    torch.testing.assert_close(autoencoder.novelty(h, "l2"), error.norm(dim=-1))
+    mse = error.pow(2).mean(-1)
+    torch.testing.assert_close(autoencoder.novelty(h), torch.sign(mse) * torch.log1p(mse.abs()))  # default
+
+
+def test_default_novelty_does_not_grow_with_the_state_size():
+    """Eq. 2's L2 norm grows with sqrt(D) (issue 13: it swamped the task reward); symlog_mse does not."""
+    ae_cfg = OmegaConf.to_container(compose_config(), resolve=True)["agent"]["subgoal_autoencoder"]
+    torch.manual_seed(0)
+    small, large = SubgoalAutoencoder(64, ae_cfg), SubgoalAutoencoder(1024, ae_cfg)
+    h_small, h_large = torch.randn(256, 64), torch.randn(256, 1024)
+    l2_ratio = large.novelty(h_large, "l2").mean() / small.novelty(h_small, "l2").mean()
+    mse_ratio = large.novelty(h_large).mean() / small.novelty(h_small).mean()
+    assert l2_ratio > 3.0  # ~sqrt(16)
+    assert 0.7 < mse_ratio < 1.4
 
 
 def test_autoencoder_kl_to_uniform_is_zero_for_uniform_codes():
@@ -80,8 +93,9 @@ def test_autoencoder_kl_to_uniform_is_zero_for_uniform_codes():
     assert metrics["kl_loss"].item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_combined_advantage_weights_terms_as_eq1():
-    cfg = compose_config("agent.actor_critic.return_norm=none")
+@pytest.mark.parametrize("combine", ["weighted_sum", "weighted_mean"])
+def test_combined_advantage_weights_terms_as_eq1(combine):
+    cfg = compose_config("agent.actor_critic.return_norm=none", f"agent.actor_critic.advantage_combine={combine}")
     weights = {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
     ac = ActorCritic(5, 0, (1, 3), weights, cfg.model, OmegaConf.to_container(cfg.agent.actor_critic, resolve=True))
     horizon, n = 4, 2
@@ -93,20 +107,26 @@ def test_combined_advantage_weights_terms_as_eq1():
     # critics are zero-initialised: V = 0, so each advantage is the term's lambda-return
     discount, lam = cfg.agent.actor_critic.discount, cfg.agent.actor_critic.return_lambda
     zero = torch.zeros(horizon, n)
-    combined = sum(w * lambda_returns(rewards[t], cont, zero, discount, lam) for t, w in weights.items())
+    returns = {t: lambda_returns(rewards[t], cont, zero, discount, lam) for t in weights}
+    combined = sum(w * returns[t] for t, w in weights.items())
+    if combine == "weighted_mean":  # divided by the sum of the weights (original, DreamerV3, Director)
+        combined = combined / sum(weights.values())
     assert metrics["final_adv"].item() == pytest.approx(combined.mean().item(), rel=1e-5)
     for term in weights:
-        expected = lambda_returns(rewards[term], cont, zero, discount, lam).mean().item()
-        assert metrics[f"{term}_adv"].item() == pytest.approx(expected, rel=1e-5)
+        assert metrics[f"{term}_adv"].item() == pytest.approx(returns[term].mean().item(), rel=1e-5)
+    shares = {t: abs(w * returns[t].mean().item()) for t, w in weights.items()}
+    for term in weights:
+        assert metrics[f"{term}_return_share"].item() == pytest.approx(shares[term] / sum(shares.values()), rel=1e-4)
 
 
 def test_reward_terms_per_level():
-    three = compose_config()
+    three = compose_config("hierarchy.novelty_levels=all")  # the paper: novelty on every level
     assert level_reward_weights(three, 0) == {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
     assert level_reward_weights(three, 1) == {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
     assert level_reward_weights(three, 2) == {"extrinsic": 1.0, "novelty": 0.1}  # the top has no subgoal
-    original = compose_config("hierarchy.novelty_levels=higher")
-    assert "novelty" not in level_reward_weights(original, 0)
+    default = compose_config()  # the original sweep: no novelty at level 0
+    assert level_reward_weights(default, 0) == {"extrinsic": 1.0, "subgoal": 0.3}
+    assert level_reward_weights(default, 1) == {"extrinsic": 1.0, "subgoal": 0.3, "novelty": 0.1}
     assert level_reward_weights(compose_config("hierarchy.layers=1"), 0) == {"extrinsic": 1.0}
 
 
@@ -307,3 +327,75 @@ def test_shared_world_model_trains_the_higher_levels(registry):
     assert all(np.isfinite(float(v)) for level_metrics in metrics.values() for v in level_metrics.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, hierarchy.levels[2].actor_critic.actor.parameters()))
     assert sorted(hierarchy.train_shared_levels(start, torch.ones(32), 2, optimizers, fabric)) == [1]
+
+
+# ------------------------------------------------------ acting state (issue 13)
+@pytest.mark.parametrize("context", ["window", "episode"])
+def test_window_acting_reads_the_state_a_training_window_ending_there_computes(registry, context):
+    """acting_context=window: at every step, also far past batch_length into an episode, the state the actor reads
+    equals the one the world model computes on the replay window of the last T rows (first step forced is_first),
+    as in training. ``episode`` (the original) matches only while the episode is shorter than the window."""
+    length = 8
+    cfg = compose_config(
+        "hierarchy.layers=1",
+        f"sequence_model.acting_context={context}",
+        f"training.batch_length={length}",
+        "agent.world_model.stochastic=false",  # deterministic latents: states comparable exactly
+    )
+    torch.manual_seed(0)
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    wm = hierarchy.levels[0].world_model
+    acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
+    rows, deters, first = [], [], True
+    for t in range(30):  # one episode: steps 0..29, no end
+        obs = {
+            "vector": np.random.default_rng(t).normal(size=(1, 4)).astype(np.float32),
+            "reward": np.zeros(1, np.float32),
+            "is_first": np.array([first]),
+            "is_last": np.array([False]),
+            "is_terminal": np.array([False]),
+        }
+        first = False
+        _, step_rows = hierarchy.act(obs, acting, "sampled")
+        rows.append(step_rows[0])
+        deters.append(acting["levels"][0]["latent"]["deter"][0].clone())
+    gaps = []
+    for t in range(30):
+        window = rows[max(0, t - length + 1) : t + 1]
+        batch = {key: torch.as_tensor(np.concatenate([row[key] for row in window]))[None] for key in window[0]}
+        batch["is_first"][:, 0] = True  # as the replay forces on every sampled window
+        with torch.no_grad():
+            post, _ = wm.dynamics.observe(
+                wm.encode(batch), wm.previous_actions(batch["action"], batch["is_first"]), batch["is_first"]
+            )
+        gaps.append((deters[t] - post["deter"][0, -1]).abs().max().item())
+    assert max(gaps[:length]) < 1e-4  # inside the first window both start at the episode start
+    if context == "window":
+        assert max(gaps) < 1e-4
+    else:
+        assert max(gaps[length:]) > 1e-3  # the episode-long state differs from every training window's
+
+
+def test_goal_schedule_follows_the_data_within_the_episode_or_holds():
+    from hieros.agent.subactor import goal_schedule
+
+    batch, length, horizon = 2, 6, 4
+    goal_code = torch.arange(batch * length, dtype=torch.float32).reshape(batch, length, 1, 1)  # code = b*T + t
+    is_first = torch.zeros(batch, length, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 4] = True  # window 1: a new episode starts at t = 4
+    starts = torch.tensor([0, 3, 5, length + 2, length + 5])
+    data = goal_schedule(goal_code, is_first, starts, horizon, hold=False)[..., 0, 0]  # (H, N)
+    expected = torch.tensor(
+        [
+            [0, 1, 2, 3],  # follows the data
+            [3, 4, 5, 5],  # held at the window's end
+            [5, 5, 5, 5],
+            [8, 9, 9, 9],  # held at the end of its episode (t = 3), not the next episode's code
+            [11, 11, 11, 11],
+        ],
+        dtype=torch.float32,
+    ).T
+    torch.testing.assert_close(data, expected)
+    hold = goal_schedule(goal_code, is_first, starts, horizon, hold=True)[..., 0, 0]
+    torch.testing.assert_close(hold, goal_code[..., 0, 0].flatten()[starts].expand(horizon, -1))

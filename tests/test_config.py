@@ -191,6 +191,10 @@ COMBINATION_CASES: list[tuple[dict[str, Any], str]] = [
     ({"training.eval_modes": []}, "training.eval_modes=[] is invalid"),
     ({"training.eval_modes": ["sampled", "bogus"]}, "training.eval_modes=['sampled', 'bogus'] is invalid"),
     ({"sequence_model.h_source": "stack"}, "sequence_model.h_source='stack' is invalid: allowed is state | output"),
+    (
+        {"sequence_model.acting_context": "sliding"},
+        "sequence_model.acting_context='sliding' is invalid: allowed is episode | window",
+    ),
 ]
 
 

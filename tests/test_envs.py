@@ -1,4 +1,4 @@
-"""Environment protocol tests on real ALE games, gymnasium envs and MinAtar."""
+"""Environment protocol tests on real ALE games, gymnasium envs, MinAtar and the synthetic bandit chain."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import hieros.envs.atari100k
+import hieros.envs.chain
 import hieros.envs.gym
 import hieros.envs.minatar
 from hieros.envs.atari100k import ATARI100K_GAMES, Atari100k
+from hieros.envs.chain import BanditChain
 from hieros.envs.gym import GymVector
 from hieros.envs.minatar import MinAtar, cubehelix_palette
 from hieros.envs.vector import VectorEnv, make_vector_env
@@ -20,7 +22,7 @@ from hieros.registry import Registry
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     reg = Registry()
-    for module in (hieros.envs.atari100k, hieros.envs.gym, hieros.envs.minatar):
+    for module in (hieros.envs.atari100k, hieros.envs.gym, hieros.envs.minatar, hieros.envs.chain):
         reg.load_module(module)
     return reg
 
@@ -303,6 +305,50 @@ def test_minatar_determinism_and_truncation():
     assert minimal.action_space.n == 3
     with pytest.raises(ValueError, match="Did you mean 'space_invaders'"):
         MinAtar("space_invader", seed=0)
+
+
+# --------------------------------------------------------------------------------------------- chain
+def test_chain_pays_the_rewarded_action_and_observes_time_and_previous_action():
+    env = BanditChain(seed=0, length=4, actions=3, rewarded_action=2)
+    assert env.action_space == gymnasium.spaces.Discrete(3)
+    assert env.observation_space["vector"].shape == (4,)
+    obs, _ = env.reset()
+    np.testing.assert_array_equal(obs["vector"], [0.0, 0.0, 0.0, 0.0])  # no previous action after a reset
+    steps = [env.step(action) for action in (2, 0, 1, 2)]
+    assert [reward for _, reward, *_ in steps] == [1.0, 0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(steps[1][0]["vector"], [0.5, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(steps[3][0]["vector"], [1.0, 0.0, 0.0, 1.0])
+    assert [step[2:4] for step in steps] == [(False, False)] * 3 + [(False, True)]  # truncated, not terminal
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(0)
+    assert env.observation_space.contains(env.reset()[0])
+    terminal = BanditChain(seed=0, length=2, terminal=True, observe_action=False)
+    terminal.reset()
+    assert terminal.observation_space["vector"].shape == (1,)
+    assert [terminal.step(1)[2:4] for _ in range(2)] == [(False, False), (True, False)]
+
+
+def test_chain_validates_its_config():
+    BanditChain.validate_config({"name": "chain", "length": 20, "actions": 2, "rewarded_action": 1})
+    for node, key in [
+        ({"length": 0}, "env.length=0"),
+        ({"actions": 1, "rewarded_action": 0}, "env.actions=1"),
+        ({"rewarded_action": 2}, "env.rewarded_action=2"),
+        ({"length": True}, "env.length=True"),
+    ]:
+        with pytest.raises(ValueError, match=key):
+            BanditChain.validate_config(node)
+
+
+def test_vector_env_chain_episode_flags(registry):
+    for terminal in (False, True):
+        node = {"name": "chain", "length": 3, "terminal": terminal}
+        vector = make_vector_env(registry, node, num_envs=2, seed=0)
+        outputs = _drive(vector, np.ones((5, 2), np.int64), seed=0)
+        vector.close()
+        assert [bool(out["is_last"][0]) for out in outputs] == [False, False, False, True, False, False]
+        assert [bool(out["is_terminal"][0]) for out in outputs] == [False, False, False, terminal, False, False]
+        assert outputs[3]["episode_return"].tolist() == [3.0, 3.0] and outputs[4]["reward"].tolist() == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------------------------- VectorEnv

@@ -21,7 +21,7 @@ BUILTIN = {
     "sequence_model": ["gru", "rssm", "s5"],
     "sampler": ["etbs", "etbs_original", "tbs", "uniform"],
     "goal_encoding": ["decoded", "encoded"],
-    "env": ["atari100k", "gym", "minatar"],
+    "env": ["atari100k", "chain", "gym", "minatar"],
 }
 COMPONENT_PACKAGES = ("hieros.samplers", "hieros.sequence_models", "hieros.goal_encodings", "hieros.envs")
 
@@ -68,7 +68,7 @@ def test_unknown_name_lists_registered_names_and_closest_match(builtin: Registry
     for name in BUILTIN["sampler"]:
         assert name in message
     assert "Did you mean 'etbs'?" in message
-    with pytest.raises(UnknownComponentError, match=r"Registered env names: atari100k, gym, minatar\.$"):
+    with pytest.raises(UnknownComponentError, match=r"Registered env names: atari100k, chain, gym, minatar\.$"):
         builtin.get("env", "zzzzzz")  # nothing close: no suggestion
 
 

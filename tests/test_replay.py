@@ -325,3 +325,28 @@ def test_unknown_files_in_a_directory_are_not_overwritten(tmp_path) -> None:
     with pytest.raises(FileExistsError, match="image.npy"):
         Replay(_spec(), capacity=100, num_streams=1, window=5, directory=tmp_path)
     assert np.array_equal(np.load(tmp_path / "image.npy"), np.arange(3))
+
+
+def test_read_only_replay_reads_a_stream_in_order_and_never_writes(tmp_path) -> None:
+    directory = tmp_path / "replay"
+    replay = _filled(70, num_streams=2, capacity=2 * 60, window=5, directory=directory)  # wrapped: steps 10..69
+    replay.flush()
+    state = replay.state_dict()
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+
+    reader = Replay(_spec(), capacity=2 * 60, num_streams=2, window=5, directory=directory, read_only=True)
+    reader.load_state_dict(state)
+    assert reader.read(1)["step"].tolist() == [1000 + t for t in range(10, 70)]  # oldest first across the wrap
+    part = reader.read(0, 3, 8, fields=("step", "is_first"))
+    assert sorted(part) == ["is_first", "step"] and part["step"].tolist() == list(range(13, 18))
+    assert part["is_first"].tolist() == [t % 7 == 0 for t in range(13, 18)]  # as stored: no forced first step
+    reader.sample(4, np.random.default_rng(0))
+    reader.flush()
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.add(_step(70, 2))
+    with pytest.raises(IndexError, match="2 stream"):
+        reader.read(2)
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before
+    with pytest.raises(FileNotFoundError, match="no replay to read"):
+        Replay(_spec(), capacity=120, num_streams=2, window=5, directory=tmp_path / "none", read_only=True)
+    assert not (tmp_path / "none").exists()

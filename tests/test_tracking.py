@@ -188,8 +188,10 @@ def test_training_run_records_params_per_level_metrics_and_media(tmp_path, home,
                      "dyn_loss", "rep_loss", "kl", "prior_ent", "post_ent", "model_grad_norm",
                      "imag_extrinsic_reward", "imag_novelty_reward", "actor_entropy", "final_adv", "extrinsic_adv",
                      "actor_grad_norm", "value_extrinsic_grad_norm", "subgoal_autoencoder_loss"):  # fmt: skip
-            assert f"train/level{level}/{name}" in metrics, name
+            if (level, name) != (0, "imag_novelty_reward"):  # no novelty at level 0 (novelty_levels: higher)
+                assert f"train/level{level}/{name}" in metrics, name
     assert "train/level0/imag_subgoal_reward" in metrics and "train/level1/imag_subgoal_reward" not in metrics
+    assert "train/level0/imag_novelty_reward" not in metrics and "train/level1/novelty_return_share" in metrics
     assert {"episode/score", "episode/length", "eval/greedy_score", "final_eval/greedy_score", "sps"} <= metrics
     history = client.get_metric_history(run.info.run_id, "train/level0/model_loss")
     assert [m.step for m in history] == sorted({m.step for m in history}) and max(m.step for m in history) == 60

@@ -65,7 +65,8 @@ RULES: tuple[Rule, ...] = (
     Rule("hierarchy.reward_weights.novelty", _number_in(0.0), "a number >= 0"),
     Rule("hierarchy.novelty_levels", _one_of("all", "higher"), "all | higher"),
     Rule("hierarchy.subgoal_reward", _one_of("director", "original"), "director | original"),
-    Rule("hierarchy.novelty_reward", _one_of("l2", "original"), "l2 | original"),
+    Rule("hierarchy.novelty_reward", _one_of("symlog_mse", "l2", "original"), "symlog_mse | l2 | original"),
+    Rule("hierarchy.imagination_goal", _one_of("data", "hold"), "data | hold"),
     Rule("hierarchy.higher_obs", _one_of("k_states", "kth_state"), "k_states | kth_state"),
     Rule("hierarchy.extrinsic_aggregation", _one_of("sum", "mean"), "sum | mean"),
     Rule("hierarchy.shared_world_model", _is_bool, "true | false"),
@@ -85,6 +86,9 @@ RULES: tuple[Rule, ...] = (
     Rule("agent.actor_critic.return_lambda", _number_in(0.0, 1.0), "a number in [0, 1]"),
     Rule("agent.actor_critic.entropy", _number_in(0.0), "a number >= 0"),
     Rule("agent.actor_critic.return_norm", _one_of("percentile", "none"), "percentile | none"),
+    Rule(
+        "agent.actor_critic.advantage_combine", _one_of("weighted_mean", "weighted_sum"), "weighted_mean | weighted_sum"
+    ),
     Rule("agent.actor_critic.slow_critic_fraction", _number_in(0.0, 1.0), "a number in [0, 1]"),
     Rule("agent.actor_critic.imag_horizon", _int_in(2), "an integer >= 2"),
     Rule("agent.actor_critic.imag_starts", _int_in(0), "an integer >= 0 (0 = all B x T posterior states)"),
@@ -190,6 +194,8 @@ def _combination_problems(cfg: DictConfig) -> Iterator[ConfigError]:
         yield ConfigError(f"training.eval_modes={modes} is invalid: allowed is a non-empty list of sampled | greedy")
     if cfg.sequence_model.name == "s5" and cfg.sequence_model.get("h_source") not in ("state", "output"):
         yield _fail("sequence_model.h_source", cfg.sequence_model.get("h_source"), "state | output")
+    if cfg.sequence_model.get("acting_context", "episode") not in ("episode", "window"):
+        yield _fail("sequence_model.acting_context", cfg.sequence_model.get("acting_context"), "episode | window")
 
 
 def _validate_components(cfg: DictConfig, registry: Registry) -> None:

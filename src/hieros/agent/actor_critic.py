@@ -6,7 +6,11 @@
 * One critic per reward term (extrinsic, subgoal, novelty), two-hot symlog values, each with a slow EMA copy
   used as a regulariser. lambda-returns use the reward and continue of the NEXT state (DreamerV3; the original
   used those of the current state, spec section 6).
-* The advantage is the weighted sum of the per-critic advantages with the weights of eq. 1.
+* The advantage combines the per-critic advantages with the weights w of eq. 1: ``advantage_combine:
+  weighted_mean`` divides the weighted sum by sum(w) (the original, DreamerV3/Director; spec section 6), so adding
+  an intrinsic term never inflates the actor's step size; ``weighted_sum`` is eq. 1 read literally.
+* Metrics ``{term}_return_share``: |w_term * mean return_term| / sum over terms, the share of what the actor
+  optimises that each reward term makes up (issue: intrinsic rewards must not swamp the task at level 0).
 """
 
 from __future__ import annotations
@@ -148,6 +152,7 @@ class ActorCritic(nn.Module):
         weight = torch.cumprod(torch.cat([cont[:1], discount * cont[1:]], 0), 0).detach()[:-1]
         metrics: dict[str, Tensor] = {}
         advantage = torch.zeros_like(weight)
+        weighted_returns: dict[str, Tensor] = {}
         returns = {}
         value_dists = {}
         for term, term_weight in self.reward_weights.items():
@@ -162,9 +167,14 @@ class ActorCritic(nn.Module):
                 term_adv = term_adv / normalizer.scale()
                 metrics[f"{term}_return_scale"] = normalizer.scale().detach()
             advantage = advantage + term_weight * term_adv
+            weighted_returns[term] = (term_weight * ret.mean()).abs().detach()
             metrics[f"{term}_adv"] = term_adv.mean().detach()
             metrics[f"{term}_return"] = ret.mean().detach()
             metrics[f"imag_{term}_reward"] = rewards[term][1:].mean().detach()
+        if cfg["advantage_combine"] == "weighted_mean":
+            advantage = advantage / sum(self.reward_weights.values())
+        total = sum(weighted_returns.values()) + 1e-8
+        metrics.update({f"{term}_return_share": value / total for term, value in weighted_returns.items()})
         dist = self.policy(inputs[:-1])
         latents, classes = self.action_shape
         log_prob = dist.log_prob(actions[:-1].unflatten(-1, (latents, classes))).mean(-1)  # (H-1, N)

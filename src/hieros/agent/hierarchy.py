@@ -6,7 +6,10 @@ Every environment step, for each environment (per-env counters, so parallel envs
    environment steps counted from the episode start, and at every episode end. Its observation is the k latent
    states level i-1 produced since (``higher_obs: k_states``) or only the newest (``kth_state``, ablation G.5);
    its reward is the sum (or mean) of the environment rewards of the interval. Episode ends reach every level as
-   ``is_last``/``is_terminal``, even inside an interval, and each episode start resets every level.
+   ``is_last``/``is_terminal``, even inside an interval, and each episode start resets every level. The latent
+   state a level acts on is carried from the episode start (``sequence_model.acting_context: episode``) or, by
+   default for S5, recomputed over its last ``batch_length`` observations, exactly as a training window ending at
+   this step computes it (``window``; issue 13).
 2. **Act, top-down.** The top level samples a subgoal code (no goal input). Each level below that acts now
    receives the code of the level above, held until that level acts again, and samples its own output; level 0's
    output is the environment action.
@@ -125,6 +128,13 @@ class Hierarchy(nn.Module):
             }
             if level.has_goal:
                 entry["goal_code"] = torch.zeros(num_envs, *self.code_shape, device=device)
+            if dyn.acting_context == "window" and level.owns_world_model:  # the last T steps, re-observed per act
+                length = self.cfg["training"]["batch_length"]
+                entry["history"] = {
+                    "embed": torch.zeros(num_envs, length, level.world_model.embed_dim, device=device),
+                    "action": torch.zeros(num_envs, length, level.actor_critic.action_dim, device=device),
+                    "first": torch.ones(num_envs, length, dtype=torch.bool, device=device),
+                }
             if index > 0 and level.owns_world_model:
                 lower_dim = self.levels[index - 1].world_model.dynamics.feature_dim
                 slots = self.k if self.higher_obs == "k_states" else 1
@@ -173,9 +183,14 @@ class Hierarchy(nn.Module):
                 lower_idx, lower_feat = idx, wm.features(latent).float()
                 continue
             obs_i = self._level_obs(index, obs, entry, idx, device)
-            prev_latent = {key: value[idx] for key, value in entry["latent"].items()}
-            latent = wm.dynamics.obs_step(prev_latent, entry["prev_action"][idx], wm.encode(obs_i), is_first[idx])
-            latent.pop("prior_logit", None)
+            embed, prev_action = wm.encode(obs_i), entry["prev_action"][idx]
+            if "history" in entry:  # acting_context=window: the state a training window ending here would give
+                history = self._push_history(entry["history"], idx, embed, prev_action, is_first[idx])
+                latent = wm.dynamics.observe_window(history["embed"], history["action"], history["first"])
+            else:  # acting_context=episode: carry the state from the episode start (the original)
+                prev_latent = {key: value[idx] for key, value in entry["latent"].items()}
+                latent = wm.dynamics.obs_step(prev_latent, prev_action, embed, is_first[idx])
+                latent.pop("prior_logit", None)
             for key, value in latent.items():
                 entry["latent"][key][idx] = value
             aggregate = self.cfg["hierarchy"]["extrinsic_aggregation"]
@@ -225,6 +240,17 @@ class Hierarchy(nn.Module):
             keys = self.levels[0].world_model.obs_keys
             return {key: torch.as_tensor(obs[key], device=device)[idx] for key in keys}
         return {"vector": entry["window"][idx].flatten(1)}
+
+    @staticmethod
+    def _push_history(history, idx: Tensor, embed: Tensor, prev_action: Tensor, first: Tensor) -> dict[str, Tensor]:
+        """Append the newest step (embedding, a_{t-1}, is_first) to the envs ``idx``'s last-T-steps history;
+        returns their updated histories (n, T, ...)."""
+        updated = {}
+        for key, new in (("embed", embed), ("action", prev_action), ("first", first)):
+            window = torch.cat([history[key][idx][:, 1:], new.unsqueeze(1).to(history[key].dtype)], 1)
+            history[key][idx] = window
+            updated[key] = window
+        return updated
 
     def _push_window(self, entry, idx: Tensor, features: Tensor, first: Tensor) -> None:
         """Append the lower level's newest latent to this level's window (cleared at an episode start)."""

@@ -126,18 +126,22 @@ class Subactor(nn.Module):
 
     # -------------------------------------------------------------- training
     def intrinsic_rewards(self, deter: Tensor, goal_code: Tensor | None) -> dict[str, Tensor]:
-        """r_g and r_nov of eq. 2 for imagined h (H, N, D); the decoded goal lives in this level's h-space."""
+        """r_g and r_nov of eq. 2 for imagined h (H, N, D); ``goal_code`` (H, N, latents, classes) is the subgoal
+        in effect at each imagined step; the decoded goal lives in this level's h-space."""
         rewards = {}
         weights = self.actor_critic.reward_weights
         if "subgoal" in weights:
-            goal = self.autoencoder.decode(goal_code).detach()  # (N, D), held over the horizon (spec 5.3)
-            rewards["subgoal"] = subgoal_reward(goal.unsqueeze(0), deter, self.hierarchy_cfg["subgoal_reward"])
+            goal = self.autoencoder.decode(goal_code).detach()  # (H, N, D)
+            rewards["subgoal"] = subgoal_reward(goal, deter, self.hierarchy_cfg["subgoal_reward"])
         if "novelty" in weights:
             rewards["novelty"] = self.autoencoder.novelty(deter, self.hierarchy_cfg["novelty_reward"])
         return rewards
 
     def imagine(self, start: State, goal_code: Tensor | None, start_cont: Tensor, horizon: int):
-        """Imagine from N start states; returns (actor-critic inputs (H, N, I), actions, rewards, cont, states)."""
+        """Imagine from N start states; returns (actor-critic inputs (H, N, I), actions, rewards, cont, states).
+
+        ``goal_code`` (H, N, latents, classes): the subgoal in effect at each imagined step (see
+        :func:`goal_schedule`); None at the top level."""
         wm, ac = self.world_model, self.actor_critic
         goal = self.goal_input(goal_code)
         goal = goal.detach() if goal is not None else None
@@ -145,7 +149,7 @@ class Subactor(nn.Module):
         recorded: list[tuple[Tensor, Tensor, Tensor]] = []
 
         def policy(state: State, t: int) -> Tensor:
-            inputs, reward, cont = self.policy_inputs_and_heads(state, goal)
+            inputs, reward, cont = self.policy_inputs_and_heads(state, None if goal is None else goal[t])
             recorded.append((inputs, reward, cont))
             return ac.act(inputs)
 
@@ -170,15 +174,18 @@ class Subactor(nn.Module):
         metrics["model_grad_norm"] = self._step(optimizers["world_model"], wm_loss, self.world_model, clip, fabric)
         start = {key: value.detach().flatten(0, 1) for key, value in post.items() if key != "prior_logit"}
         start_cont = 1.0 - batch["is_terminal"].float().flatten(0, 1)
-        goal_code = batch["goal_code"].float().flatten(0, 1) if self.has_goal else None
+        pick = torch.arange(start_cont.shape[0], device=start_cont.device)
         count = self.cfg["agent"]["actor_critic"]["imag_starts"]
         if 0 < count < start_cont.shape[0]:  # a random subset of the B*T starts (CPU-scale runs)
             pick = torch.randperm(start_cont.shape[0], device=start_cont.device)[:count]
             start = {key: value[pick] for key, value in start.items()}
             start_cont = start_cont[pick]
-            goal_code = goal_code[pick] if goal_code is not None else None
         self.actor_critic.update_slow_critics()
         horizon = self.cfg["agent"]["actor_critic"]["imag_horizon"]
+        goal_code = None
+        if self.has_goal:
+            hold = self.hierarchy_cfg["imagination_goal"] == "hold"
+            goal_code = goal_schedule(batch["goal_code"].float(), batch["is_first"], pick, horizon, hold)
         with fabric.autocast():
             inputs, actions, rewards, cont, states = self.imagine(start, goal_code, start_cont, horizon)
         metrics.update(self.train_behavior(inputs, actions, rewards, cont, states["deter"], optimizers, fabric))
@@ -222,3 +229,27 @@ class Subactor(nn.Module):
         norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
         optimizer.step()
         return norm.detach() if isinstance(norm, Tensor) else torch.tensor(float("nan"))
+
+
+def goal_schedule(goal_code: Tensor, is_first: Tensor, starts: Tensor, horizon: int, hold: bool) -> Tensor:
+    """The subgoal in effect at each imagined step, for imagination started from the posterior states ``starts``.
+
+    goal_code (B, T, latents, classes) and is_first (B, T) of the replay window; starts (N,) flat indices b*T + t.
+    Returns (H, N, latents, classes). Acting refreshes a level's subgoal every k steps (the level above acts again);
+    with ``hold=False`` (default) imagined step j uses the code the data had j steps after the start, so the subgoal
+    changes when it changed in the data, held at the window's end and at the end of the start's episode. ``hold``:
+    the start's code for all H steps (the original, spec 5.3).
+    """
+    batch, length = is_first.shape
+    b, t = starts // length, starts % length
+    offsets = torch.arange(horizon, device=starts.device)
+    if hold:
+        return goal_code[b, t].unsqueeze(0).expand(horizon, *goal_code[b, t].shape)
+    # last index of the episode segment that contains t, within the window: the step before the next is_first
+    positions = torch.arange(length, device=is_first.device).expand(batch, length)
+    marks = torch.where(is_first, positions, torch.full_like(positions, length))
+    next_first = torch.cat([marks[:, 1:], torch.full_like(marks[:, :1], length)], 1)
+    next_first = next_first.flip(1).cummin(1).values.flip(1)  # smallest s > t with is_first[b, s], else T
+    last = next_first[b, t] - 1  # (N,)
+    index = torch.minimum(t.unsqueeze(0) + offsets.unsqueeze(1), last.unsqueeze(0))  # (H, N)
+    return goal_code[b.unsqueeze(0).expand_as(index), index]

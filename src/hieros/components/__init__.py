@@ -17,4 +17,5 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "hieros.envs.atari100k",
     "hieros.envs.gym",
     "hieros.envs.minatar",
+    "hieros.envs.chain",
 )

@@ -52,7 +52,8 @@ class VectorEnv:
             self._envs.close()
             raise TypeError(
                 f"VectorEnv needs envs with a gymnasium.spaces.Dict observation space (key 'image' or 'vector'), "
-                f"got {single_observation_space}; use a hieros env (atari100k, gym, minatar) or follow their convention"
+                f"got {single_observation_space}; use a hieros env (atari100k, gym, minatar, chain) or follow their "
+                f"convention"
             )
         if not isinstance(single_action_space, gymnasium.spaces.Discrete):
             self._envs.close()

@@ -21,7 +21,9 @@ stream were ever written). The checkpoint holds :meth:`state_dict` (counters, pe
 sample counts, sampler state); a NEW :class:`Replay` on the same directory followed by
 :meth:`load_state_dict` gives back exactly the data of that state. Steps added after the
 state was taken are discarded; if they wrapped the ring over part of the saved data, the
-overwritten oldest steps are dropped too (with a warning).
+overwritten oldest steps are dropped too (with a warning). ``read_only=True`` opens an existing
+directory without write access (for analysis next to, or after, a run: ``hieros.diagnose``); :meth:`read`
+returns stored steps of one stream in time order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,7 @@ class Replay:
         window: steps per item (T of the sampled batch).
         sampler: object with ``indices(n, count, rng)`` (``hieros.samplers``); uniform when None.
         directory: where the fields live as memory-mapped ``.npy`` files; in memory when None.
+        read_only: open an existing ``directory`` read-only (its files are never written; :meth:`add` is refused).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Replay:
         window: int = 64,
         sampler: Sampler | None = None,
         directory: str | os.PathLike | None = None,
+        read_only: bool = False,
     ) -> None:
         self._fields = _normalise_spec(spec)
         capacity = _positive_int(capacity, "capacity")
@@ -123,6 +127,9 @@ class Replay:
         self.steps_per_stream = steps_per_stream
         self.sampler = sampler
         self.directory = None if directory is None else Path(directory)
+        self.read_only = bool(read_only)
+        if self.read_only and self.directory is None:
+            raise ValueError("Replay(read_only=True) needs the directory of an existing replay")
 
         self._added = 0  # steps per stream ever added (absolute step of the next add)
         self._first = 0  # absolute step of the oldest valid stored step
@@ -145,9 +152,12 @@ class Replay:
     def _open_directory(self) -> None:
         directory = self.directory
         assert directory is not None
-        directory.mkdir(parents=True, exist_ok=True)
         layout = _layout(self._fields, self.capacity, self.num_streams)
         layout_path = directory / _LAYOUT_FILE
+        if self.read_only and not layout_path.exists():
+            raise FileNotFoundError(f"replay directory {directory} has no {_LAYOUT_FILE}: there is no replay to read")
+        directory.mkdir(parents=True, exist_ok=True)
+        mode = "r" if self.read_only else "r+"
         shapes = {name: (self.num_streams, self.steps_per_stream, *shape) for name, (shape, _) in self._fields.items()}
         if layout_path.exists():
             stored = json.loads(layout_path.read_text())
@@ -164,14 +174,14 @@ class Replay:
                 path = directory / f"{name}.npy"
                 if not path.exists():
                     raise FileNotFoundError(f"replay directory {directory} lists field {name!r} but {path} is missing")
-                array = open_memmap(path, mode="r+")
+                array = open_memmap(path, mode=mode)
                 if array.shape != shapes[name] or array.dtype != dtype:
                     raise ValueError(
                         f"{path} holds {array.shape} {array.dtype}, expected {shapes[name]} {dtype}; "
                         f"the replay directory is corrupt or was written by another layout"
                     )
                 self._data[name] = array
-            self._written = open_memmap(directory / _WRITTEN_FILE, mode="r+")
+            self._written = open_memmap(directory / _WRITTEN_FILE, mode=mode)
             self._stale_data = int(self._written[0]) > 0
         else:
             clashes = [f"{name}.npy" for name in self._fields if (directory / f"{name}.npy").exists()]
@@ -230,6 +240,8 @@ class Replay:
     # ------------------------------------------------------------------- add
     def add(self, step: Mapping[str, Any]) -> None:
         """Append one step to every stream; each value has shape (num_streams, *field_shape)."""
+        if self.read_only:
+            raise RuntimeError(f"replay {self.directory} was opened read-only: it cannot add steps")
         missing = self._fields.keys() - step.keys()
         extra = step.keys() - self._fields.keys()
         if missing or extra:
@@ -294,10 +306,30 @@ class Replay:
         np.add.at(self._counts, (self._first * self.num_streams + items) % self._counts.size, 1)
         return batch
 
+    def read(
+        self, stream: int = 0, start: int = 0, stop: int | None = None, fields: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Stored steps ``start`` <= i < ``stop`` of one stream, oldest first (i = 0 is the oldest stored step,
+        ``stop=None`` the newest + 1), as copies: each field (stop - start, *field_shape); ``fields``: a subset.
+        Flags are as stored (no forced ``is_first``)."""
+        stored = self._added - self._first
+        stop = stored if stop is None else stop
+        if not 0 <= stream < self.num_streams or not 0 <= start <= stop <= stored:
+            raise IndexError(
+                f"Replay.read(stream={stream}, start={start}, stop={stop}): the replay has {self.num_streams} "
+                f"stream(s) of {stored} stored steps"
+            )
+        names = list(self._fields) if fields is None else list(fields)
+        unknown = [name for name in names if name not in self._fields]
+        if unknown:
+            raise KeyError(f"Replay.read: unknown fields {unknown}; the replay holds {sorted(self._fields)}")
+        positions = (self._first + np.arange(start, stop, dtype=np.int64)) % self.steps_per_stream
+        return {name: np.asarray(self._data[name][stream, positions]) for name in names}
+
     # ----------------------------------------------------------- persistence
     def flush(self) -> None:
         """Write the memory-mapped arrays to disk (call before saving a checkpoint). No-op in memory."""
-        if self.directory is None:
+        if self.directory is None or self.read_only:
             return
         for array in self._data.values():
             array.flush()

@@ -58,8 +58,15 @@ class LatentDynamics(nn.Module):
         core_input_dim: int,
         unimix: float = 0.01,
         stochastic: bool = True,
+        acting_context: str = "episode",
     ) -> None:
         super().__init__()
+        if acting_context not in ("episode", "window"):
+            raise ValueError(f"acting_context={acting_context!r} is invalid: allowed is 'episode' or 'window'")
+        # How acting builds the state the actor reads (see :meth:`observe_window`): ``episode`` carries the state
+        # from the episode start (the original); ``window`` recomputes it over the last batch_length steps,
+        # exactly as a training window ending at this step does.
+        self.acting_context = acting_context
         self.embed_dim, self.action_dim = embed_dim, action_dim
         self.deter_dim, self.stoch, self.classes = deter, stoch, classes
         self.unimix, self.stochastic = unimix, stochastic
@@ -188,20 +195,21 @@ class LatentDynamics(nn.Module):
 
     # ---------------------------------------------------------------- windows
     def observe(
-        self, embed: Tensor, prev_action: Tensor, is_first: Tensor, state: State | None = None
+        self, embed: Tensor, prev_action: Tensor, is_first: Tensor, state: State | None = None, sample: bool = True
     ) -> tuple[State, State]:
         """Posterior and prior states of a window.
 
         embed (B, T, E), prev_action (B, T, A) = a_{t-1} (zero where is_first), is_first (B, T) bool.
         Returns (post, prior), each a state dict with (B, T, ...) entries; ``post`` also carries ``prior_logit``.
         The S5WM and GRU posteriors depend on the observation only, so the whole window runs in parallel.
+        ``sample=False`` takes the mode of every latent (deterministic; diagnostics).
         """
         batch, length = is_first.shape
         if state is None:
             state = self.initial(batch)
         if self.posterior_uses_deter:
-            return self._observe_sequential(embed, prev_action, is_first, state)
-        post_z, post_logit, _ = self._latent(self._logits(self.posterior_head(embed)), entropy=False)
+            return self._observe_sequential(embed, prev_action, is_first, state, sample)
+        post_z, post_logit, _ = self._latent(self._logits(self.posterior_head(embed)), sample, entropy=False)
         initial = self.initial(batch)
         # z_{t-1} for every t: the previous posterior sample, the initial stoch after a reset.
         prev_z = torch.cat([state["stoch"].unsqueeze(1), post_z[:, :-1]], 1)
@@ -210,7 +218,7 @@ class LatentDynamics(nn.Module):
         prev_action = prev_action * (~is_first).unsqueeze(-1).to(prev_action.dtype)
         inputs = self.input_projection(torch.cat([prev_z.flatten(-2), prev_action], -1))
         m, h, carry = self.core_sequence(inputs, is_first, state["carry"])
-        prior_z, prior_logit, prior_ent = self._latent(self._logits(self.prior_head(m)))
+        prior_z, prior_logit, prior_ent = self._latent(self._logits(self.prior_head(m)), sample)
         post = {
             "stoch": post_z,
             "deter": h,
@@ -222,8 +230,22 @@ class LatentDynamics(nn.Module):
         prior = {"stoch": prior_z, "deter": h, "logit": prior_logit, "prior_ent": prior_ent, "carry": carry}
         return post, prior
 
+    def observe_window(self, embed: Tensor, prev_action: Tensor, is_first: Tensor) -> State:
+        """The latent state at the last step of a window, computed as training computes it (acting_context=window).
+
+        embed (N, T, E), prev_action (N, T, A), is_first (N, T) of the last T steps, the newest last. The first step
+        is treated as an episode start, as the replay forces ``is_first`` at every sampled window's first step, so
+        the state acting reads is one the model was trained on, whatever the position in the episode (issue 13:
+        with ``episode`` the S5 state past ~batch_length steps drifts away from every state seen in training).
+        Returns the posterior state (N, ...) of the newest step.
+        """
+        first = is_first.clone()
+        first[:, 0] = True
+        post, _ = self.observe(embed, prev_action, first)
+        return {key: value[:, -1] for key, value in post.items() if key != "prior_logit"}
+
     def _observe_sequential(
-        self, embed: Tensor, prev_action: Tensor, is_first: Tensor, state: State
+        self, embed: Tensor, prev_action: Tensor, is_first: Tensor, state: State, sample: bool = True
     ) -> tuple[State, State]:
         posts = []
         initial = self.initial(is_first.shape[0])
@@ -232,7 +254,7 @@ class LatentDynamics(nn.Module):
             action = prev_action[:, t]
             if resets[t]:
                 state, action = self._reset(state, action, is_first[:, t], initial)
-            state = self._posterior_step(state, action, embed[:, t], sample=True)
+            state = self._posterior_step(state, action, embed[:, t], sample=sample)
             posts.append(state)
         post = {key: torch.stack([step[key] for step in posts], 1) for key in posts[0]}
         prior = {**post, "stoch": post["stoch"], "logit": post["prior_logit"]}

@@ -30,6 +30,8 @@ class S5Dynamics(LatentDynamics):
         init_blocks: int = 4,
         dropout: float = 0.0,
         h_source: str = "state",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
         **common,
     ) -> None:
         if h_source not in ("state", "output"):
@@ -37,7 +39,9 @@ class S5Dynamics(LatentDynamics):
         super().__init__(core_input_dim=d_model, **common)
         self.h_source = h_source
         self.num_blocks, self.block_state = num_blocks, 2 * state_size
-        self.blocks = nn.ModuleList(S5Block(d_model, state_size, init_blocks, dropout) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(
+            S5Block(d_model, state_size, init_blocks, dropout, dt_min, dt_max) for _ in range(num_blocks)
+        )
         # The original applies the DreamerV3 init to every Linear of the dynamics, the blocks' W1, W2 included;
         # the S5 cores' own parameters (Λ, B̃, C̃, D, log Δ) are not Linear layers and keep their HiPPO-N init.
         init_weights_(self.blocks)

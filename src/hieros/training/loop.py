@@ -15,7 +15,6 @@ optimisers and schedulers, the counters, the train-ratio clock, the random gener
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -44,6 +43,7 @@ from hieros.training.console import Console
 from hieros.training.media import write_run_media
 from hieros.training.preemption import Preemption
 from hieros.training.ratio import TrainRatio
+from hieros.training.threads import torch_threads
 from hieros.training.tracking import MetricsFile, Tracker, make_tracker
 
 
@@ -420,18 +420,6 @@ def dashboard_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int):
-    """Limit torch's CPU threads for the run (0 = leave torch's default); restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None = None) -> dict[str, Any]:
