@@ -205,12 +205,12 @@ class LatentDynamics(nn.Module):
         ``sample=False`` takes the mode of every latent (deterministic; diagnostics).
         """
         batch, length = is_first.shape
+        initial = self.initial(batch)
         if state is None:
-            state = self.initial(batch)
+            state = initial
         if self.posterior_uses_deter:
             return self._observe_sequential(embed, prev_action, is_first, state, sample)
         post_z, post_logit, _ = self._latent(self._logits(self.posterior_head(embed)), sample, entropy=False)
-        initial = self.initial(batch)
         # z_{t-1} for every t: the previous posterior sample, the initial stoch after a reset.
         prev_z = torch.cat([state["stoch"].unsqueeze(1), post_z[:, :-1]], 1)
         first = is_first.reshape(batch, length, 1, 1)
