@@ -14,12 +14,12 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# The pinned torch==2.13.0 in pyproject.toml installs the local CPU wheel from pip's configured find-links.
+# constraints.txt pins torch==2.13.0, the local CPU wheel from pip's configured find-links.
 # Never install an unpinned torch: it pulls gigabytes of CUDA packages.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off -e '.[test]'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[test]'
 	@touch $@
 
 test: install

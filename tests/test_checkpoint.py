@@ -327,8 +327,14 @@ def test_kill9_then_rerun_gives_one_consistent_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, capsys):
-    """SLURM preemption: SIGTERM -> checkpoint at the current step, exit 128 + 15; the rerun resumes there."""
+@pytest.mark.parametrize(
+    ("sig", "handler_after"),
+    [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_stop_signal_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, capsys, sig, handler_after):
+    """SLURM preemption (SIGTERM) and Ctrl-C (SIGINT): checkpoint at the current step, exit 128 + signal number
+    (no KeyboardInterrupt for Ctrl-C); the rerun resumes there."""
     import threading
 
     from hieros.training.loop import train
@@ -337,13 +343,13 @@ def test_sigterm_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, cap
     target = random.Random().randrange(45, 75)
     finished = threading.Event()
 
-    def preempt() -> None:
+    def stop() -> None:
         while _metrics_step(run_dir) < target:
             if finished.wait(0.02):
                 return
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
-    killer = threading.Thread(target=preempt, daemon=True)
+    killer = threading.Thread(target=stop, daemon=True)
     killer.start()
     try:
         with pytest.raises(SystemExit) as exit_info:
@@ -351,8 +357,8 @@ def test_sigterm_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, cap
     finally:
         finished.set()
         killer.join()
-    assert exit_info.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    assert exit_info.value.code == 128 + sig
+    assert signal.getsignal(sig) is handler_after  # the handler is removed again
     stopped = CheckpointDir(run_dir / "checkpoints").paths()[-1][0]
     assert target <= stopped < target + 40, f"checkpoint at {stopped}, signal at step >= {target}"
 
@@ -360,3 +366,107 @@ def test_sigterm_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, cap
     scores = train(compose_config("training.steps=100", "logger=none"), Registry.default(), run_dir)
     assert f"resumed from step_{stopped:012d}.ckpt (step {stopped})" in capsys.readouterr().out
     assert scores["agent_steps"] == 100
+
+
+# ----------------------------------------------------------------------------- adverse resumes
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(run_dir)): path.read_bytes()
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file() and path.name != ".hieros.lock" and ".hydra" not in path.parts
+    }
+
+
+@pytest.mark.slow
+def test_a_resume_without_its_replay_data_refuses_and_changes_nothing(finished_run, tmp_path, home):
+    from hieros.training.checkpoint import ResumeError
+    from hieros.training.loop import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    shutil.rmtree(run_dir / "replay" / "level1")
+    before = _snapshot(run_dir)
+    with pytest.raises(ResumeError) as error:
+        train(compose_config("training.steps=120", "logger=none"), Registry.default(), run_dir)
+    message = str(error.value)
+    assert "replay/level1 is missing" in message and "hydra.run.dir" in message and "step_000000000080" in message
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_a_run_whose_checkpoints_are_all_corrupt_refuses_to_start_over(finished_run, tmp_path, home):
+    from hieros.training.checkpoint import ResumeError
+    from hieros.training.loop import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    for _, path in CheckpointDir(run_dir / "checkpoints").paths():
+        path.write_bytes(path.read_bytes()[:100])
+    records = {name: (run_dir / name).read_bytes() for name in ("metrics.jsonl", "scores.json", "config.yaml")}
+    for _attempt in range(2):  # the rerun refuses too (the files were set aside as *.corrupt, not deleted)
+        with pytest.raises(ResumeError, match="refusing to start over from step 0"):
+            train(compose_config("training.steps=120", "logger=none"), Registry.default(), run_dir)
+    assert {name: (run_dir / name).read_bytes() for name in records} == records
+    assert len(CheckpointDir(run_dir / "checkpoints").unusable()) == 2
+
+
+@pytest.mark.slow
+def test_resume_must_and_never(finished_run, tmp_path, home):
+    from hieros.training.checkpoint import ResumeError
+    from hieros.training.loop import train
+
+    with pytest.raises(ResumeError, match="training.resume=must"):
+        train(compose_config("training.resume=must", "logger=none"), Registry.default(), tmp_path / "empty")
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = _snapshot(run_dir)
+    with pytest.raises(ResumeError, match="training.resume=never"):
+        train(compose_config("training.resume=never", "logger=none"), Registry.default(), run_dir)
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_leaves_no_temp_file_marks_the_run_failed_and_the_rerun_resumes(
+    tmp_path, home, monkeypatch
+):
+    """The second checkpoint hits ENOSPC halfway (fault-injected): the partial file is removed, the error says which
+    file system and how much a checkpoint needs, the MLflow run is FAILED with the reason, the rerun continues."""
+    import errno
+
+    from mlflow.tracking import MlflowClient
+
+    from hieros.training.checkpoint import CheckpointWriteError
+    from hieros.training.loop import train
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "run"
+    real_save = Fabric.save
+    calls = []
+
+    def full_disk_save(self, path, state, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"\0" * 4096)  # half-written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(self, path, state, *args, **kwargs)
+
+    monkeypatch.setattr(Fabric, "save", full_disk_save)
+    cfg = compose_config("training.steps=120", "logger=mlflow", f"logger.tracking_uri={uri}")
+    with pytest.raises(CheckpointWriteError) as error:
+        train(cfg, Registry.default(), run_dir)
+    message = str(error.value)
+    assert "No space left on device" in message and "MiB free" in message and "needs about" in message
+    assert "resumes from step_000000000040.ckpt" in message and "\n" not in message
+    assert [path.name for path in (run_dir / "checkpoints").iterdir() if ".tmp" in path.name] == []
+    client = MlflowClient(tracking_uri=uri)
+    (mlflow_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert mlflow_run.info.status == "FAILED"
+    assert "No space left on device" in mlflow_run.data.tags["hieros.failure"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(line.startswith("{") and line.endswith("}") for line in lines)
+
+    monkeypatch.setattr(Fabric, "save", real_save)
+    scores = train(cfg, Registry.default(), run_dir)
+    assert scores["agent_steps"] == 120
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(mlflow_run.info.run_id).info.status == "FINISHED"

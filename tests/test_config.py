@@ -291,6 +291,67 @@ def test_an_invalid_override_exits_2_with_one_line(python_runner, tmp_path: Path
     assert "hierarchy.layers=1" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["+training.stepz=3"],
+            "hieros: invalid config: training.stepz is not a config key; did you mean training.steps?",
+        ),
+        (
+            ["+experiment=minatar", "+agent.world_model.lrr=1"],
+            "agent.world_model.lrr is not a config key; did you mean",
+        ),
+    ],
+)
+def test_an_unknown_key_exits_2_naming_the_closest_key(python_runner, tmp_path: Path, args, expected) -> None:
+    done = python_runner("-m", "hieros", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("args", [["env=nosuch"], ["+experiment=nosuch"], ["training.stepz=3"]])
+def test_hydras_own_errors_exit_2_without_a_traceback(python_runner, tmp_path: Path, args) -> None:
+    done = python_runner("-m", "hieros", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR" in done.stderr
+
+
+def _schema(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+    """(config, reference) as ``python -m hieros`` builds them: the reference has the same group choices only."""
+    with_hydra = compose("config", overrides=overrides, return_hydra_config=True)
+    choices = with_hydra.hydra.runtime.choices
+    reference = compose(
+        "config",
+        overrides=[
+            f"{group}={option}"
+            for group, option in choices.items()
+            if option is not None and group != "experiment" and not group.startswith("hydra")
+        ],
+    )
+    return compose("config", overrides=overrides), reference
+
+
+@pytest.mark.parametrize("override", [option for option in _config_options() if option.startswith("+experiment=")])
+def test_every_experiment_overlay_sets_only_known_keys(override: str, hydra_compose: Any) -> None:
+    for extra in ([], ["logger=none"]):
+        config.unknown_keys(*_schema([override, *extra]))
+
+
+def test_an_unknown_key_in_an_overlay_is_refused_in_one_line(hydra_compose: Any) -> None:
+    cfg, reference = _schema(["+experiment=cartpole"])
+    with open_dict(cfg):
+        cfg.training.checkpoint_evry = 5
+        cfg.agent.world_model.kl_fre = 0.5
+    with pytest.raises(ConfigError) as error:
+        validate(cfg, reference=reference)
+    message = str(error.value)
+    assert message.startswith("agent.world_model.kl_fre is not a config key; did you mean agent.world_model.kl_free?")
+    assert "also unknown: training.checkpoint_evry" in message and "\n" not in message
+
+
 # --------------------------------------------------------------------------------------------- YAML comments
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?:- )?(?P<key>[A-Za-z_@][\w.@/\-]*)\s*:(?:\s|$)")
 PARENT_KEYS_NEED_COMMENTS = True  # False would exempt keys that only open a nested mapping ("hydra:", "env:")

@@ -14,7 +14,7 @@ import hieros.envs.minatar
 from hieros.envs.atari100k import ATARI100K_GAMES, Atari100k
 from hieros.envs.chain import BanditChain
 from hieros.envs.gym import GymVector
-from hieros.envs.minatar import MinAtar, cubehelix_palette
+from hieros.envs.minatar import MinAtar, channels_to_rgb, cubehelix_palette
 from hieros.envs.vector import VectorEnv, make_vector_env
 from hieros.registry import Registry
 
@@ -252,19 +252,40 @@ def test_minatar_palette_matches_seaborn_cubehelix():
         np.testing.assert_array_equal(cubehelix_palette(channels)[1:], reference)
 
 
-@pytest.mark.parametrize("game", ["breakout", "freeway", "asterix", "seaquest", "space_invaders"])
-def test_minatar_observation(game):
-    env = MinAtar(game, seed=0)
+@pytest.mark.parametrize(
+    ("game", "channels"), [("breakout", 4), ("freeway", 7), ("asterix", 4), ("seaquest", 10), ("space_invaders", 6)]
+)
+def test_minatar_observation(game, channels):
+    for obs_mode, depth in (("channels", channels), ("rgb", 3)):
+        env = MinAtar(game, seed=0, obs=obs_mode)
+        obs, _ = env.reset()
+        assert obs["image"].shape == (64, 64, depth) and obs["image"].dtype == np.uint8
+        assert env.action_space == gymnasium.spaces.Discrete(6)
+        assert env.observation_space.contains(obs)
+        obs, reward, terminated, truncated, _ = env.step(0)
+        assert obs["image"].shape == (64, 64, depth) and isinstance(reward, float)
+    with pytest.raises(ValueError, match="channels | rgb"):
+        MinAtar(game, seed=0, obs="grey")
+
+
+def test_minatar_channel_observation_is_the_state_upscaled_and_renders_like_the_gui():
+    env = MinAtar("breakout", seed=3, size=30)
     obs, _ = env.reset()
-    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
-    assert env.action_space == gymnasium.spaces.Discrete(6)
-    assert env.observation_space.contains(obs)
-    obs, reward, terminated, truncated, _ = env.step(0)
-    assert obs["image"].shape == (64, 64, 3) and isinstance(reward, float)
+    for action in (1, 1, 3, 0):
+        state = env.state()
+        np.testing.assert_array_equal(obs["image"], np.repeat(np.repeat(state, 3, 0), 3, 1).astype(np.uint8) * 255)
+        paddle = np.flatnonzero(state[9, :, 0])
+        assert len(paddle) == 1 and obs["image"][27:, 3 * paddle[0] : 3 * paddle[0] + 3, 0].min() == 255
+        single = state.sum(-1) <= 1  # where objects do not overlap, the colours are the GUI's
+        np.testing.assert_array_equal(
+            channels_to_rgb(obs["image"])[np.repeat(np.repeat(single, 3, 0), 3, 1)],
+            env.render_state(state)[np.repeat(np.repeat(single, 3, 0), 3, 1)],
+        )
+        obs, *_ = env.step(action)
 
 
 def test_minatar_rendering_is_palette_of_top_channel_upscaled():
-    env = MinAtar("breakout", seed=0, size=60)
+    env = MinAtar("breakout", seed=0, size=60, obs="rgb")
     state = np.zeros((10, 10, 4), bool)
     state[0, 0, 0] = True
     state[3, 7, [1, 3]] = True  # two channels on one cell: the higher one is drawn

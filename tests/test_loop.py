@@ -102,13 +102,13 @@ def test_subgoal_video_stacks_every_level_above_the_real_frame(image_agent):
     registry = Registry.default()
     frames = subgoal_frames(
         image_agent,
-        lambda: make_vector_env(registry, {"name": "minatar", "game": "breakout", "size": 16}, 1, seed=0),
+        lambda: make_vector_env(registry, {"name": "minatar", "game": "breakout", "size": 16, "obs": "rgb"}, 1, seed=0),
         steps=5,
         seed=0,
         device=torch.device("cpu"),
     )
     assert frames.shape == (5, 3 * 16, 16, 3) and frames.dtype == np.uint8
-    env = make_vector_env(registry, {"name": "minatar", "game": "breakout", "size": 16}, 1, seed=0)
+    env = make_vector_env(registry, {"name": "minatar", "game": "breakout", "size": 16, "obs": "rgb"}, 1, seed=0)
     first = env.reset(seed=0)["image"][0]
     env.close()
     np.testing.assert_array_equal(frames[0, 32:], first)  # the bottom row is the observation itself

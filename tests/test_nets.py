@@ -105,6 +105,27 @@ def test_twohot_loss_gradient_and_optimum_recover_the_target(gen: torch.Generato
     torch.testing.assert_close(optimum.mean(), targets, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bounds", [(-20.0, 20.0), (-3.0, 5.0)])
+def test_twohot_fast_paths_equal_the_dense_two_hot_sums(gen: torch.Generator, bounds) -> None:
+    """mean() as one matrix-vector product and log_prob() as a two-bin gather give the dense sums' values and
+    gradients, also for targets on bin centres, between them and outside the range."""
+    low, high = bounds
+    bins = twohot_bins(255, low, high)
+    logits = (torch.randn(16, 64, 255, generator=gen) * 3).requires_grad_()
+    targets = symexp(torch.rand(16, 64, generator=gen) * (high - low + 4) + low - 2)
+    targets[0, :10] = symexp(bins[torch.arange(0, 255, 26)])  # exactly on bin centres
+    dense_log_prob = (twohot_encode(symlog(targets), bins) * torch.log_softmax(logits, -1)).sum(-1)
+    fast_log_prob = TwoHot(logits, low, high).log_prob(targets)
+    torch.testing.assert_close(fast_log_prob, dense_log_prob, rtol=1e-5, atol=1e-5)
+    dense_grad = torch.autograd.grad(dense_log_prob.sum(), logits)[0]
+    torch.testing.assert_close(torch.autograd.grad(fast_log_prob.sum(), logits)[0], dense_grad, atol=1e-6, rtol=1e-5)
+    dense_mean = symexp((torch.softmax(logits, -1) * bins).sum(-1))
+    fast_mean = TwoHot(logits, low, high).mean()
+    torch.testing.assert_close(fast_mean, dense_mean, rtol=1e-4, atol=1e-5)
+    dense_grad = torch.autograd.grad(dense_mean.sum(), logits)[0]
+    torch.testing.assert_close(torch.autograd.grad(fast_mean.sum(), logits)[0], dense_grad, rtol=1e-3, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- categorical / Bernoulli / MSE
 
 

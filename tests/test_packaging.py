@@ -68,10 +68,20 @@ def test_console_scripts_point_at_callables(pyproject: dict) -> None:
         assert callable(target_function), f"{script} = {target}"
 
 
-def test_torch_is_pinned(pyproject: dict) -> None:
-    """An unpinned torch pulls gigabytes of CUDA wheels; the pin installs the local CPU wheel."""
+def test_torch_is_a_range_in_the_metadata_and_pinned_where_make_installs(pyproject: dict, repo_root: Path) -> None:
+    """The package accepts any torch >= 2.4 (a GPU machine keeps its CUDA build); `make install` pins the local CPU
+    wheel through constraints.txt (an unpinned torch pulls gigabytes of CUDA wheels)."""
     (torch,) = [dep for dep in pyproject["project"]["dependencies"] if dep.replace(" ", "").startswith("torch")]
-    assert torch.replace(" ", "").startswith("torch==")
+    assert torch.replace(" ", "").startswith("torch>=")
+    pins = [line for line in (repo_root / "constraints.txt").read_text().splitlines() if line.startswith("torch")]
+    assert pins == ["torch==2.13.0"]
+    makefile = (repo_root / "Makefile").read_text()
+    assert "-c constraints.txt" in makefile and "$(STAMP): pyproject.toml constraints.txt" in makefile
+
+
+def test_the_package_is_typed(repo_root: Path, pyproject: dict) -> None:
+    assert (repo_root / "src" / "hieros" / "py.typed").is_file()
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["hieros"]
 
 
 # ------------------------------------------------------------------------------------------- non-editable wheel

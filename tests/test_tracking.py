@@ -108,6 +108,29 @@ def test_metrics_file_truncates_to_the_checkpoint_offset(tmp_path):
     assert len(lines) == 1 and lines[0]["step"] == 10 and lines[0]["loss"] == 1.5 and lines[0]["bad"] is None
 
 
+def test_a_metrics_line_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write that fails halfway (disk full) leaves the file at the previous line end, and the next write works."""
+    import errno
+    import os
+
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    metrics.write(10, {"loss": 1.0})
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        metrics.write(20, {"loss": 2.0, "padding": "x" * 100})
+    monkeypatch.setattr(os, "write", real_write)
+    metrics.write(30, {"loss": 3.0})
+    metrics.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 30]
+
+
 @pytest.mark.slow
 def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -313,7 +313,9 @@ def minatar_replay(registry) -> dict[str, np.ndarray]:
 
     a_t is the action chosen after seeing o_t, as the hierarchy stores it; the terminal row's action is zero.
     """
-    cfg = compose_config("env=minatar", f"env.size={IMAGE_SIZE}")
+    cfg = compose_config(
+        "env=minatar", f"env.size={IMAGE_SIZE}", "env.obs=rgb"
+    )  # RGB frames: the video tests check pixels
     env = registry.build("env", cfg.env, seed=0)
     num_actions = env.action_space.n
     rng = np.random.default_rng(0)
@@ -357,7 +359,8 @@ def replay_batches(replay: dict, count: int, batch: int, length: int, seed: int 
 @pytest.mark.parametrize("name", MODELS)
 def test_loss_goes_down_on_a_minatar_replay(registry, minatar_replay, name):
     num_actions = minatar_replay["action"].shape[-1]
-    world_model = build_world_model(registry, name, {"image": (IMAGE_SIZE, IMAGE_SIZE, 3)}, num_actions, seed=1)
+    image_shape = minatar_replay["image"].shape[-3:]  # (H, W, C): C = the game's object channels
+    world_model = build_world_model(registry, name, {"image": image_shape}, num_actions, seed=1)
     batches = replay_batches(minatar_replay, count=2, batch=8, length=16)
     # lr 1e-3 (10x the paper's) so a few dozen updates show the trend; clip as configured
     optimizer = torch.optim.AdamW(world_model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from hieros.registry import GROUPS, Registry, UnknownComponentError
 
 PAPER_SUBGOAL_WEIGHT = 0.3
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+# Precisions the training step honours: fp32, or bf16 autocast around the networks (no loss scaler needed).
+# 16-mixed needs a loss scaler stepping each optimizer, and bf16-true / 64-true need the modules converted by
+# fabric.setup_module; the agent's optimizers are not set up through Fabric yet, so these are refused (issue 15).
+PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
 class ConfigError(ValueError):
@@ -111,8 +115,13 @@ RULES: tuple[Rule, ...] = (
     Rule("training.checkpoint_every", _int_in(0), "an integer >= 0"),
     Rule("training.checkpoint_minutes", _number_in(0.0), "a number >= 0"),
     Rule("training.keep_checkpoints", _int_in(1), "an integer >= 1"),
+    Rule("training.resume", _one_of("auto", "must", "never"), "auto | must | never"),
     Rule("fabric.precision", _one_of(*PRECISIONS), " | ".join(PRECISIONS)),
-    Rule("fabric.devices", _int_in(1), "an integer >= 1"),
+    Rule(
+        "fabric.devices",
+        _int_in(1, 1),
+        "1 (one device per run: data-parallel updates are not implemented; run seeds as a sweep)",
+    ),
 )
 
 
@@ -130,8 +139,11 @@ def _show(value: Any) -> str:
     return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
-def validate(cfg: DictConfig, registry: Registry | None = None) -> None:
-    """Check types, ranges and combinations of a composed config; raise :class:`ConfigError` on the first problem."""
+def validate(cfg: DictConfig, registry: Registry | None = None, reference: DictConfig | None = None) -> None:
+    """Check types, ranges and combinations of a composed config; raise :class:`ConfigError` on the first problem.
+    With ``reference`` (see :func:`unknown_keys`) keys the config tree does not define are refused first."""
+    if reference is not None:
+        unknown_keys(cfg, reference)
     for rule in RULES:
         try:
             value = _select(cfg, rule.key)
@@ -196,6 +208,42 @@ def _combination_problems(cfg: DictConfig) -> Iterator[ConfigError]:
         yield _fail("sequence_model.h_source", cfg.sequence_model.get("h_source"), "state | output")
     if cfg.sequence_model.get("acting_context", "episode") not in ("episode", "window"):
         yield _fail("sequence_model.acting_context", cfg.sequence_model.get("acting_context"), "episode | window")
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of every key of a nested mapping (containers and leaves)."""
+    keys: set[str] = set()
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            keys.add(path)
+            keys |= _leaf_keys(value, f"{path}.")
+    return keys
+
+
+def unknown_keys(cfg: DictConfig | Mapping, reference: DictConfig | Mapping) -> None:
+    """Refuse keys of ``cfg`` that the config tree does not define: ``reference`` is the config composed from the same
+    group choices without the experiment overlay and without any key override, so a misspelled key in an overlay or a
+    ``+training.stepz=10`` is caught before anything runs. The message names the key and the closest known one."""
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    known_tree = OmegaConf.to_container(reference, resolve=False) if isinstance(reference, DictConfig) else reference
+    known = _leaf_keys(known_tree)
+    # the top-most unknown paths only: `training.stepz`, not also its children
+    unknown = sorted(
+        key for key in _leaf_keys(plain) if key not in known and ("." not in key or key.rsplit(".", 1)[0] in known)
+    )
+    if (plain.get("logger") or {}).get("name") == "none":  # overlays tune the MLflow logger; logger=none ignores it
+        unknown = [key for key in unknown if not key.startswith("logger.")]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    others = f" (also unknown: {', '.join(unknown[1:4])})" if len(unknown) > 1 else ""
+    raise ConfigError(
+        f"{key} is not a config key{hint}{others}: check the spelling in your overrides or experiment overlay "
+        "(`python -m hieros --cfg job` prints every key)"
+    )
 
 
 def _validate_components(cfg: DictConfig, registry: Registry) -> None:

@@ -15,8 +15,8 @@ Every environment step, for each environment (per-env counters, so parallel envs
    output is the environment action.
 3. **Store.** Each level appends one replay row per observation: (observation, action chosen there, reward,
    episode flags, the subgoal code in effect).
-4. **Train** (:meth:`Hierarchy.train`): level 0 once per update; level i every k^i updates of level 0, each from
-   its own replay, once that replay holds enough windows.
+4. **Train** (:meth:`hieros.agent.learner.Learner.train_step`): level 0 once per update; level i every k^i updates
+   of level 0, each from its own replay, once that replay holds enough windows.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from hieros.sequence_models.base import State
 
 
 def _adamw(params, cfg: Mapping, lr: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=lr, eps=cfg["eps"], weight_decay=cfg.get("weight_decay", 0.0))
+    # foreach: one multi-tensor kernel per step instead of a loop over parameters (the default only on CUDA);
+    # same update, fewer ops and host syncs on CPU (issue 14).
+    return torch.optim.AdamW(params, lr=lr, eps=cfg["eps"], weight_decay=cfg.get("weight_decay", 0.0), foreach=True)
 
 
 class Subactor(nn.Module):

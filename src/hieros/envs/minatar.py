@@ -1,11 +1,20 @@
-"""MinAtar games (``minatar.Environment``) rendered to RGB images.
+"""MinAtar games (``minatar.Environment``) as image observations.
 
-The 10×10×C boolean state is colourised as MinAtar's GUI does: each cell takes the colour of its highest-index
+``obs="channels"`` (default): the game's 10×10×C boolean state as a C-channel image, 255 where a channel is on.
+This is what MinAtar's own agents see (Young & Tian 2019), and every object weighs the same in the world model's
+image loss. ``obs="rgb"``: the state colourised as MinAtar's GUI does: each cell takes the colour of its highest-index
 active channel, channel c (0-based) gets colour c+1 of seaborn's ``cubehelix`` palette with C colours, empty cells
-are black. The palette is computed here from matplotlib's cubehelix formula (neither matplotlib nor seaborn is
-needed). The 10×10 image is upscaled to ``size``×``size`` by nearest neighbour with floor mapping (source cell
-⌊i·10/size⌋, the same rule as ``cv2.INTER_NEAREST``); with ``size`` a multiple of 10 every cell is an exact
-(size/10)² block.
+are black. Issue 13 measured why ``channels`` is the default: Breakout's paddle is colour (22, 61, 78), close to
+black, so in RGB it is ~1/6 of the squared-error signal of a channel image; after 1,500 world-model updates
+(lr 1e-3, 16x16 latents) on random-policy data the RGB model still drew the paddle at its start column (right in 42%
+of frames, the start column's share of the data) and its prior ignored the action (move +-0.00 cells after left /
+right), while the channel model placed the paddle in 92% of frames after 1,000 updates and its prior moved it
+-0.48 / +0.59 cells after left / right (true -0.95 / +0.85).
+
+The palette is computed here from matplotlib's cubehelix formula (neither matplotlib nor seaborn is needed); videos
+of channel observations use it too (:func:`channels_to_rgb`). The 10×10 board is upscaled to ``size``×``size`` by
+nearest neighbour with floor mapping (source cell ⌊i·10/size⌋, the same rule as ``cv2.INTER_NEAREST``); with
+``size`` a multiple of 10 every cell is an exact (size/10)² block.
 
 Actions: MinAtar's full set of 6 by default (``minimal_actions=False``, the standard MinAtar benchmark setting);
 ``minimal_actions=True`` exposes only the game's minimal set (breakout 3, freeway 3, asterix 5, seaquest 6,
@@ -27,6 +36,7 @@ from hieros.registry import register
 
 MINATAR_GAMES: tuple[str, ...] = ("breakout", "freeway", "asterix", "seaquest", "space_invaders")
 MINATAR_GRID = 10
+MINATAR_OBS: tuple[str, ...] = ("channels", "rgb")
 _CUBEHELIX_COEFFICIENTS = ((-0.14861, 1.78277), (-0.29227, -0.90649), (1.97294, 0.0))  # (p0, p1) for R, G, B
 
 
@@ -44,6 +54,18 @@ def cubehelix_palette(num_colors: int) -> np.ndarray:
     rgb = x[:, None] + amplitude[:, None] * (np.cos(phi)[:, None] * p0 + np.sin(phi)[:, None] * p1)  # (n, 3)
     colors = np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
     return np.concatenate([np.zeros((1, 3), np.uint8), colors])
+
+
+def channels_to_rgb(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, C) channel images (uint8 0..255 or floats in [0, 1]) as uint8 RGB (..., H, W, 3) for viewing.
+
+    Channel c takes colour c+1 of :func:`cubehelix_palette` (C), weighted by its value; overlapping channels add up
+    (clipped). A binary MinAtar observation renders like the GUI except where objects overlap.
+    """
+    frames = np.asarray(frames)
+    values = frames.astype(np.float32) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float32)
+    colors = cubehelix_palette(frames.shape[-1])[1:].astype(np.float32)  # (C, 3)
+    return np.clip(np.clip(values, 0.0, 1.0) @ colors, 0, 255).round().astype(np.uint8)
 
 
 @contextlib.contextmanager
@@ -70,7 +92,8 @@ def _load_minatar() -> Any:
 
 @register("env", "minatar")
 class MinAtar(gymnasium.Env):
-    """A MinAtar game as ``{"image": uint8 (size, size, 3)}`` with ``Discrete(6)`` actions (see module docstring).
+    """A MinAtar game as ``{"image": uint8 (size, size, C)}`` (``obs="channels"``, C = the game's channels) or
+    ``(size, size, 3)`` (``obs="rgb"``) with ``Discrete(6)`` actions (see module docstring).
 
     ``sticky_prob`` is MinAtar's sticky-action probability (0.1 is its standard). An episode is truncated after
     ``max_steps`` agent steps. ``reset(seed=s)`` reseeds the game's RNG (sticky actions included); the first
@@ -88,6 +111,7 @@ class MinAtar(gymnasium.Env):
         sticky_prob: float = 0.1,
         max_steps: int = 10000,
         minimal_actions: bool = False,
+        obs: str = "channels",
     ) -> None:
         if game not in MINATAR_GAMES:
             close = difflib.get_close_matches(str(game).lower(), MINATAR_GAMES, n=1, cutoff=0.5)
@@ -97,6 +121,8 @@ class MinAtar(gymnasium.Env):
             raise ValueError(f"minatar size must be a positive number of pixels, got {size}")
         if not 0.0 <= float(sticky_prob) <= 1.0:
             raise ValueError(f"minatar sticky_prob is a probability in [0, 1], got {sticky_prob}")
+        if obs not in MINATAR_OBS:
+            raise ValueError(f"minatar obs={obs!r} is invalid: allowed is {' | '.join(MINATAR_OBS)}")
         if int(max_steps) < 1:
             raise ValueError(f"minatar max_steps must be a positive step count, got {max_steps}")
         minatar = _load_minatar()
@@ -114,8 +140,10 @@ class MinAtar(gymnasium.Env):
         self._channel_codes = np.arange(1, channels + 1, dtype=np.uint8)  # (C,), 0 is the empty cell
         self._pixel_to_cell = (np.arange(int(size)) * MINATAR_GRID) // int(size)  # (size,) nearest-neighbour map
         self.action_space = gymnasium.spaces.Discrete(len(self._action_set), seed=self._seed)
+        self.obs = obs
+        depth = channels if obs == "channels" else 3
         self.observation_space = gymnasium.spaces.Dict(
-            {"image": gymnasium.spaces.Box(0, 255, (int(size), int(size), 3), np.uint8)}
+            {"image": gymnasium.spaces.Box(0, 255, (int(size), int(size), depth), np.uint8)}
         )
 
     def reset(
@@ -156,5 +184,11 @@ class MinAtar(gymnasium.Env):
         cells = codes[np.ix_(self._pixel_to_cell, self._pixel_to_cell)]  # (size, size)
         return self._palette[cells]
 
+    def channel_image(self, state: np.ndarray) -> np.ndarray:
+        """Upscale a bool (10, 10, C) state to uint8 (size, size, C), 255 where a channel is on."""
+        cells = state[np.ix_(self._pixel_to_cell, self._pixel_to_cell)]  # (size, size, C)
+        return cells.astype(np.uint8) * np.uint8(255)
+
     def _observation(self) -> dict[str, np.ndarray]:
-        return {"image": self.render_state(self._game.state())}
+        state = self._game.state()
+        return {"image": self.channel_image(state) if self.obs == "channels" else self.render_state(state)}

@@ -33,22 +33,6 @@ def symexp(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.expm1(torch.abs(x))
 
 
-def _symmetric_weighted_sum(probs: Tensor, bins: Tensor) -> Tensor:
-    """Σ_k probs_k · bins_k over the last dim, summing mirrored bins pairwise.
-
-    A left-to-right sum of uniform probabilities over symmetric bins leaves a float32 residue; pairing
-    bin k with bin K−1−k makes the expectation exactly 0 there (zero-initialised heads predict 0).
-    """
-    weighted = probs * bins
-    num_bins = bins.shape[-1]
-    half = num_bins // 2
-    low, high = weighted[..., :half], weighted[..., num_bins - half :]
-    total = (low.flip(-1) + high).sum(-1)
-    if num_bins % 2 == 1:
-        total = total + weighted[..., half]
-    return total
-
-
 def twohot_bins(num_bins: int = 255, low: float = -20.0, high: float = 20.0, device=None) -> Tensor:
     """Equally spaced bin centres on [low, high] (symlog space), exactly mirrored when low == −high."""
     if num_bins < 2:
@@ -97,19 +81,37 @@ class TwoHot:
         return torch.softmax(self.logits, -1)
 
     def mean(self) -> Tensor:
-        return symexp(_symmetric_weighted_sum(self.probs, self.bins))
+        probs, bins = self.probs, self.bins
+        num_bins = bins.shape[0]
+        if self.low != -self.high:
+            return symexp(probs @ bins)
+        # Mirrored bins: sum_k p_k b_k = sum_{k > K/2} (p_k - p_{K-1-k}) b_k, one matrix-vector product that is
+        # exactly 0 for mirrored probabilities (a zero-initialised head predicts exactly 0, as the pairwise sum did).
+        half = num_bins // 2
+        upper = num_bins - half
+        difference = probs[..., upper:] - probs[..., :half].flip(-1)  # (..., K//2)
+        return symexp(difference @ bins[upper:])
 
     def mode(self) -> Tensor:
         return self.mean()
 
     def log_prob(self, target: Tensor) -> Tensor:
+        """sum_k twohot_k(symlog target) log softmax_k: the two neighbouring bins gathered, no (..., K) weights."""
         if target.shape != self.logits.shape[:-1]:
             raise ValueError(
                 f"TwoHot.log_prob target shape {tuple(target.shape)} must equal the logits' batch shape "
                 f"{tuple(self.logits.shape[:-1])}; drop a trailing singleton dim of the target (x.squeeze(-1))"
             )
-        weights = twohot_encode(symlog(target), self.bins)
-        return (weights * torch.log_softmax(self.logits, -1)).sum(-1)
+        num_bins = self.bins.shape[0]
+        x = symlog(target).clamp(self.low, self.high)
+        step = (self.high - self.low) / (num_bins - 1)
+        below = ((x.detach() - self.low) / step).floor().long().clamp(0, num_bins - 2)  # bins equally spaced
+        bins = self.bins.to(x.dtype)
+        low, high = bins[below], bins[below + 1]
+        weight_high = ((x - low) / (high - low)).clamp(0.0, 1.0)
+        log_probs = torch.log_softmax(self.logits, -1)
+        pair = log_probs.gather(-1, torch.stack([below, below + 1], -1))  # (..., 2)
+        return (1.0 - weight_high) * pair[..., 0] + weight_high * pair[..., 1]
 
 
 class OneHotCategorical:

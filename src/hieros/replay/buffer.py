@@ -404,3 +404,28 @@ def _positive_int(value: Any, name: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"Replay {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def storage_problem(directory: str | os.PathLike, state: Mapping[str, Any]) -> str | None:
+    """Why the replay storage in ``directory`` cannot return to ``state`` (a checkpoint's :meth:`Replay.state_dict`),
+    or None when it can. Reads only; a run checks this before it writes anything on resume."""
+    directory = Path(directory)
+    layout_path = directory / _LAYOUT_FILE
+    if not layout_path.is_file():
+        return f"replay data {directory} is missing ({_LAYOUT_FILE} not found)"
+    try:
+        stored = json.loads(layout_path.read_text())
+    except (OSError, ValueError) as error:
+        return f"replay data {directory} is unreadable ({layout_path.name}: {error})"
+    if not isinstance(stored, dict) or stored.get("token") != state.get("token"):
+        return f"replay data {directory} belongs to another run (its lineage token differs from the checkpoint's)"
+    missing = [f"{name}.npy" for name in stored.get("fields", {}) if not (directory / f"{name}.npy").is_file()]
+    if missing or not (directory / _WRITTEN_FILE).is_file():
+        return f"replay data {directory} is incomplete (missing {', '.join(missing) or _WRITTEN_FILE})"
+    try:
+        written = int(np.load(directory / _WRITTEN_FILE, mmap_mode="r")[0])
+    except (OSError, ValueError, IndexError) as error:
+        return f"replay data {directory} is unreadable ({_WRITTEN_FILE}: {error})"
+    if written < int(state.get("added", 0)):
+        return f"replay data {directory} holds {written} steps per stream, the checkpoint needs {state['added']}"
+    return None

@@ -27,6 +27,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "training.parallel_envs",
     "training.torch_threads",
     "training.progress",
+    "training.resume",
     "logger.*",
     "fabric.*",
     "paths.*",
@@ -61,6 +63,14 @@ _CHUNK = 1 << 20
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says which file and what to do."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, quota, permissions); its temporary file is removed."""
+
+
+class ResumeError(CheckpointError):
+    """The run directory holds an earlier run that cannot be resumed as asked; nothing in it was changed."""
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -232,6 +242,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def _mebibytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -302,14 +323,39 @@ class CheckpointDir:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
         tmp = self.directory / f".{final.name}.tmp-{os.getpid()}"
-        fabric.save(tmp, dict(state))
+        sidecar = final.with_name(final.name + ".sha256")
+        try:
+            fabric.save(tmp, dict(state))
+            if getattr(fabric, "is_global_zero", True):
+                _fsync_file(tmp)
+                _write_text_atomic(sidecar, f"{sha256_of(tmp)}  {final.name}\n")
+                os.replace(tmp, final)
+                _fsync_dir(self.directory)
+        except OSError as error:
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)
+            if not final.exists():
+                sidecar.unlink(missing_ok=True)
+            raise CheckpointWriteError(self._write_failure(final, error, written)) from error
         if getattr(fabric, "is_global_zero", True):
-            _fsync_file(tmp)
-            _write_text_atomic(final.with_name(final.name + ".sha256"), f"{sha256_of(tmp)}  {final.name}\n")
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
             self._prune()
         return final
+
+    def _write_failure(self, final: Path, error: OSError, written: int) -> str:
+        """One line: which file, why, how full its file system is, how much a checkpoint needs, what to do."""
+        previous = [path for _, path in self.paths() if path != final]
+        needed = max([written] + [path.stat().st_size for path in previous[-1:]])
+        try:
+            usage = shutil.disk_usage(self.directory)
+            space = f"{_mebibytes(usage.free)} free of {_mebibytes(usage.total)} on {_mount_point(self.directory)}"
+        except OSError:
+            space = "free space unknown"
+        resume = f"it resumes from {previous[-1].name}" if previous else "it starts again from step 0"
+        return (
+            f"could not write checkpoint {final} ({error.strerror or error}): {space}, a checkpoint of this run needs "
+            f"about {_mebibytes(needed)}; free some space (or move the run directory) and rerun the same command: "
+            f"{resume}"
+        )
 
     def _prune(self) -> None:
         for _, path in self.paths()[: -self.keep]:
@@ -321,6 +367,12 @@ class CheckpointDir:
             orphan_sum = leftover.name.endswith(".ckpt.sha256") and leftover.name[: -len(".sha256")] not in kept
             if (leftover.name.startswith(".") and ".tmp-" in leftover.name) or orphan_sum:
                 leftover.unlink(missing_ok=True)
+
+    def unusable(self) -> list[str]:
+        """Names of checkpoint files set aside as ``*.corrupt`` by :meth:`load_latest` (this run or an earlier one)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(path.name for path in self.directory.glob("step_*.ckpt.corrupt"))
 
     def candidates(self) -> Iterator[tuple[int, Path]]:
         yield from reversed(self.paths())

@@ -28,14 +28,18 @@ from lightning.fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from hieros.agent.hierarchy import Hierarchy
+from hieros.agent.learner import Learner
 from hieros.envs.vector import VectorEnv, make_vector_env
 from hieros.registry import Registry
 from hieros.replay import Replay
+from hieros.replay.buffer import storage_problem
 from hieros.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointDir,
+    Loaded,
     NumpyState,
     RandomState,
+    ResumeError,
     check_compatible,
     restore,
 )
@@ -43,6 +47,7 @@ from hieros.training.console import Console
 from hieros.training.media import write_run_media
 from hieros.training.preemption import Preemption
 from hieros.training.ratio import TrainRatio
+from hieros.training.run_lock import RunDirLock, requeue_wait_seconds
 from hieros.training.threads import torch_threads
 from hieros.training.tracking import MetricsFile, Tracker, make_tracker
 
@@ -100,13 +105,7 @@ class Run:
         self.obs_shapes = {key: tuple(space.shape) for key, space in obs_space.spaces.items()}
         self.device = fabric.device
         self.agent = Hierarchy(self.config, registry, self.obs_shapes, self.envs.action_dim).to(self.device)
-        self.optimizers = [level.make_optimizers() for level in self.agent.levels]
-        warmup = max(1, cfg.agent.world_model.warmup_steps)
-        self.schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(opts["world_model"], lambda update: min(1.0, (update + 1) / warmup))
-            for opts in self.optimizers
-            if "world_model" in opts
-        ]
+        self.learner = Learner(self.agent, cfg.agent.world_model.warmup_steps)
         self.replays = [
             Replay(
                 spec,
@@ -123,7 +122,6 @@ class Run:
         self.rng = np.random.default_rng(cfg.seed)
         self.ratio = TrainRatio(training.train_ratio / (training.batch_size * training.batch_length))
         self.step = 0
-        self.updates = [0] * len(self.agent.levels)
         self.episodes: list[dict[str, float]] = []
         self.eval_capped: dict[str, int] = {}  # episodes stopped by training.eval_max_steps in the latest evaluation
         self.metrics_offset = 0  # bytes of metrics.jsonl written up to the last checkpoint
@@ -133,11 +131,7 @@ class Run:
     # ------------------------------------------------------------ checkpoint
     def stateful(self) -> dict[str, Any]:
         """The objects a checkpoint restores in place (module, optimisers, schedulers, clocks, replays, RNG)."""
-        objects: dict[str, Any] = {"agent": self.agent}
-        for index, optimizers in enumerate(self.optimizers):
-            objects.update({f"optimizer/level{index}/{name}": opt for name, opt in optimizers.items()})
-        objects.update({f"scheduler/{index}": scheduler for index, scheduler in enumerate(self.schedulers)})
-        objects["ratio"] = self.ratio
+        objects: dict[str, Any] = {"agent": self.agent, **self.learner.stateful(), "ratio": self.ratio}
         objects.update(
             {
                 f"replay/level{index}": NumpyState(replay)
@@ -172,7 +166,7 @@ class Run:
         rest = restore(self.stateful(), payload)
         counters = rest["counters"]
         self.step = int(counters["step"])
-        self.updates = [int(n) for n in counters["updates"]]
+        self.learner.updates = [int(n) for n in counters["updates"]]
         self.episodes = [dict(episode) for episode in counters["episodes"]]
         self.metrics_offset = int(counters["metrics_offset"])
 
@@ -201,36 +195,27 @@ class Run:
         return self.episodes[-1]["return"] if self.episodes else None
 
     # -------------------------------------------------------------- training
+    @property
+    def updates(self) -> list[int]:
+        """Updates made per level."""
+        return self.learner.updates
+
     def train(self) -> None:
+        """The level-0 updates the train ratio owes at this step, each with the higher levels that are due."""
         training = self.cfg.training
         if self.step < training.prefill or len(self.replays[0]) < training.min_windows:
             return
         for _ in range(self.ratio(self.step)):
-            start, start_cont = self.train_level(0)
-            if self.agent.shared_world_model:  # G.8: higher levels learn in one joint imagination of level 0
-                shared = self.agent.train_shared_levels(
-                    start, start_cont, self.updates[0], self.optimizers, self.fabric
-                )
-                for index, metrics in shared.items():
-                    self.updates[index] += 1
-                    self.metrics.add(metrics, prefix=f"train/level{index}/")
-                continue
-            for index in range(1, len(self.agent.levels)):
-                due = self.agent.level_due(index, self.updates[0])
-                if due and len(self.replays[index]) >= training.min_windows:
-                    self.train_level(index)
+            for prefix, metrics in self.learner.train_step(self.sample_batch, self.fabric).items():
+                self.metrics.add(metrics, prefix=prefix)
 
-    def train_level(self, index: int):
-        """One update of level ``index`` from its replay; returns its imagination starts and their continues."""
-        batch = self.replays[index].sample(self.cfg.training.batch_size, self.rng)
-        batch = Hierarchy.to_tensors(batch, self.device)
-        level = self.agent.levels[index]
-        metrics, start, start_cont = level.train_step(batch, self.optimizers[index], self.fabric)
-        if index < len(self.schedulers):
-            self.schedulers[index].step()
-        self.updates[index] += 1
-        self.metrics.add(metrics, prefix=f"train/level{index}/")
-        return start, start_cont
+    def sample_batch(self, index: int) -> dict[str, torch.Tensor] | None:
+        """A training batch of level ``index``'s replay on the run's device, or None while it holds too few windows
+        (or the level has no replay: a shared world model)."""
+        replay = self.replays[index]
+        if replay is None or len(replay) < self.cfg.training.min_windows:
+            return None
+        return Hierarchy.to_tensors(replay.sample(self.cfg.training.batch_size, self.rng), self.device)
 
     def report(self, steps_per_second: float) -> dict[str, float]:
         """The means since the last report, steps per second, update counts and replay sizes."""
@@ -372,6 +357,47 @@ def make_fabric(cfg: DictConfig) -> Fabric:
     )
 
 
+def resume_point(checkpoints: CheckpointDir, mode: str, report: Callable[[str], None]) -> Loaded | None:
+    """The checkpoint to resume from under ``training.resume`` (auto | must | never), or None for a fresh start.
+
+    Refuses (:class:`ResumeError`) rather than start over on top of a previous run: ``auto`` when checkpoint files
+    exist but none is usable, ``must`` without a usable checkpoint, ``never`` when the directory has checkpoints.
+    """
+    where = checkpoints.directory
+    if mode == "never":
+        if checkpoints.paths() or checkpoints.unusable():
+            raise ResumeError(
+                f"{where} holds checkpoints of an earlier run and training.resume=never: train in another directory "
+                "(hydra.run.dir=...) or resume it with training.resume=auto"
+            )
+        return None
+    latest = checkpoints.load_latest(report=report)
+    if latest is not None:
+        return latest
+    unusable = checkpoints.unusable()
+    if unusable:
+        raise ResumeError(
+            f"no usable checkpoint in {where} ({len(unusable)} unreadable or corrupt: {', '.join(unusable[:3])}); "
+            "refusing to start over from step 0 on top of that run: move those files away to start afresh here, or "
+            "train in another directory (hydra.run.dir=...)"
+        )
+    if mode == "must":
+        raise ResumeError(f"training.resume=must but {where} holds no checkpoint: check hydra.run.dir")
+    return None
+
+
+def check_replay_data(latest: Loaded, run_dir: Path) -> None:
+    """Before anything is written: every level's replay data the checkpoint needs is on disk and is its own."""
+    for key, state in latest.payload.items():
+        if key.startswith("replay/") and isinstance(state, Mapping):
+            problem = storage_problem(run_dir / "replay" / key.split("/", 1)[1], state)
+            if problem:
+                raise ResumeError(
+                    f"cannot resume from {latest.path.name}: {problem}; restore that folder from a backup, or train "
+                    f"afresh in another directory (hydra.run.dir=...). Nothing in {run_dir} was changed."
+                )
+
+
 def _write_json(path: Path, content: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content, indent=2))
@@ -430,16 +456,21 @@ def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | N
 
 def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir, wait_seconds=requeue_wait_seconds()):  # before anything in run_dir is written
+        return _train_owned(cfg, registry, run_dir, fabric)
+
+
+def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None) -> dict[str, Any]:
     training = cfg.training
     config = OmegaConf.to_container(cfg, resolve=True)
     console = Console(training.steps, cfg.hierarchy.layers, training.get("progress", "auto"))
 
-    # Resume: the newest checkpoint that verifies, if its config is compatible.
+    # Resume: the newest checkpoint that verifies, if its config is compatible and its replay data is there.
     checkpoints = CheckpointDir(run_dir / "checkpoints", keep=training.keep_checkpoints)
-    latest = checkpoints.load_latest(report=console.warn)
+    latest = resume_point(checkpoints, training.get("resume", "auto"), console.warn)
     if latest is not None:
         check_compatible(latest.payload["config"], config, latest.path)
+        check_replay_data(latest, run_dir)
     payload = latest.payload if latest is not None else {}
 
     # Records: metrics.jsonl cut back to the checkpoint, then the tracker (fails here if its store is unreachable).
@@ -450,7 +481,7 @@ def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | 
     tracker = make_tracker(config, run_dir, console.warn, run_id_hint=payload.get("mlflow", {}).get("run_id") or None)
     tracker.rewind_metrics(metrics_file.offset)
     run: Run | None = None
-    status = "FAILED"
+    status, failure = "FAILED", None
     try:
         tracker.start()
         fabric = fabric or make_fabric(cfg)
@@ -535,13 +566,16 @@ def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | 
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
+    except Exception as error:
+        failure = f"{type(error).__name__}: {error}"
+        raise
     finally:
         console.stop()
         metrics_file.close()
         if run is not None:
             run.envs.close()
         if tracker.started:
-            tracker.close(status)
+            tracker.close(status, reason=failure if status == "FAILED" else None)
             console.info(f"tracking: {tracker.describe()}")
             if tracker.uri:
                 console.info(f"dashboard: {dashboard_command(tracker.uri)}")

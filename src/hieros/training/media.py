@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hieros.envs.minatar import channels_to_rgb
+
 MIN_TILE = 96  # pixels: frames are upscaled until one observation is at least this tall
 
 
@@ -42,14 +44,17 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_video(frames: np.ndarray, stem: str | Path, fps: int = 10, tile_height: int | None = None) -> list[Path]:
-    """Write uint8 frames (T, H, W, 3) as ``stem.gif`` and ``stem.mp4``; returns both paths."""
+    """Write uint8 frames (T, H, W, C) as ``stem.gif`` and ``stem.mp4``; returns both paths. C = 3 is RGB, C = 1
+    grey, any other C a channel image coloured by :func:`~hieros.envs.minatar.channels_to_rgb`."""
     import imageio.v2 as imageio
 
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] not in (1, 3) or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"write_video needs uint8 frames (T, H, W, 3) with T >= 1, got {frames.shape} {frames.dtype}")
+    if frames.ndim != 4 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"write_video needs uint8 frames (T, H, W, C) with T >= 1, got {frames.shape} {frames.dtype}")
     if frames.shape[-1] == 1:
         frames = frames.repeat(3, axis=-1)
+    elif frames.shape[-1] != 3:  # channel observations (MinAtar's C object channels): one colour per channel
+        frames = channels_to_rgb(frames)
     frames = _pad_even(upscale(frames, tile_height or frames.shape[1]))
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
-"""SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption and requeue, submitit's time-limit warning): checkpoint, then let
-the signal act.
+"""SIGINT (Ctrl-C) / SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption and requeue, submitit's time-limit warning):
+checkpoint, then let the signal act.
 
 The handler only sets a flag; the loop checks :attr:`Preemption.requested` once per step, writes a checkpoint and
 calls :meth:`Preemption.forward`, which hands the signal to the handler that was installed before or, for the
 default action, exits with status 128 + signal number. A second signal while the first is pending acts immediately.
+Ctrl-C is the same: the first one checkpoints and exits with status 130 (no KeyboardInterrupt traceback), a second
+one aborts at once (Python's KeyboardInterrupt).
 
 Under submitit (hydra/launcher=slurm_a100 | slurm_cpu | local) the previous handlers are submitit's: USR2 (or the
 signal named by ``SUBMITIT_PREEMPT_SIGNAL``) calls the launcher's ``checkpoint`` (the same job with the same
@@ -19,7 +21,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
 class Preemption:
@@ -55,8 +57,11 @@ class Preemption:
     def forward(self) -> None:
         """After the checkpoint: run the previous handler of the received signal (may exit or requeue)."""
         signum, self.received = self.received, None
-        if signum is not None:
-            self._call_previous(signum, None)
+        if signum is None:
+            return
+        if signum == signal.SIGINT and self._previous.get(signum) is signal.default_int_handler:
+            raise SystemExit(128 + signum)  # the checkpoint is written: a clean exit instead of a KeyboardInterrupt
+        self._call_previous(signum, None)
 
     def _call_previous(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)

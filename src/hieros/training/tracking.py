@@ -62,29 +62,40 @@ class MetricsFile:
     """``metrics.jsonl``: one JSON object per report, ``{"step": agent steps, "time": unix seconds, name: value}``.
 
     ``keep_bytes`` truncates the file first: a resumed run keeps exactly the lines written up to its checkpoint.
+    A line is written whole or not at all: a failed write (disk full) cuts the file back to the previous line end.
     """
 
     def __init__(self, path: str | os.PathLike, keep_bytes: int = 0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as handle:
-            handle.truncate(min(int(keep_bytes), handle.seek(0, os.SEEK_END)))
-        self._handle = open(self.path, "a")  # noqa: SIM115 - open for the whole run, closed by close()
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._offset = min(int(keep_bytes), os.lseek(self._fd, 0, os.SEEK_END))
+        os.ftruncate(self._fd, self._offset)
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({key: _jsonable(value) for key, value in values.items()})
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        data = (json.dumps(record) + "\n").encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
+            raise
+        self._offset += len(data)
 
     @property
     def offset(self) -> int:
-        """Bytes written so far (flushed): where a resumed run truncates to."""
-        self._handle.flush()
-        return self._handle.tell()
+        """Bytes of whole lines written so far: where a resumed run truncates to."""
+        return self._offset
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -326,7 +337,7 @@ class Tracker:
     def describe(self) -> str:
         return "off (logger=none): metrics.jsonl and scores.json in the run directory"
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> None:
         pass
 
 
@@ -589,8 +600,9 @@ class MlflowTracker(Tracker):
             return f"MLflow {self.uri} (offline; run created when the store is reachable)"
         return f"MLflow run {self.run_id} in experiment {self.experiment_name!r} at {self.uri}"
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Stop the mirror, sync everything (metrics.jsonl included) and mark the run ``status``."""
+    def close(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Stop the mirror, sync everything (metrics.jsonl included) and mark the run ``status``; ``reason`` (why a
+        run FAILED) goes into the tag ``hieros.failure``."""
         if self._thread is not None:
             self._stop.set()
             self._wake.set()
@@ -601,6 +613,8 @@ class MlflowTracker(Tracker):
             self._thread = None
         if self._sync_once(final=True) and self.client is not None:
             try:
+                if reason:
+                    _retry(lambda: self.client.set_tag(self.run_id, "hieros.failure", reason[:5000]))
                 _retry(lambda: self.client.set_terminated(self.run_id, status=status))
             except Exception as error:  # noqa: BLE001
                 self.report(f"could not mark MLflow run {self.run_id} {status} ({error})")
