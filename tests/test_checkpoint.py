@@ -470,3 +470,36 @@ def test_a_full_disk_at_a_checkpoint_leaves_no_temp_file_marks_the_run_failed_an
     assert scores["agent_steps"] == 120
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(mlflow_run.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_real_full_file_system_stops_the_run_in_one_line_and_the_rerun_resumes(tmp_path):
+    """A 40 MiB tmpfs (where this machine lets us mount one): checkpoints of 2 levels fill it after a few saves. The
+    run exits 2 with one line (no SIGBUS from the memory-mapped replay, no traceback), leaves no temporary file,
+    and after freeing space the same command resumes from the last good checkpoint."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the fault-injected test covers it")
+    try:
+        run_dir = mount / "run"
+        command = [
+            sys.executable, "-m", "hieros", *RUN, "logger=none", "training.steps=2000", "training.checkpoint_every=100",
+            "training.keep_checkpoints=10", "training.replay_capacity=20000", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HIEROS_HOME": str(mount / "home")}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stdout + done.stderr
+        (line,) = [line for line in done.stderr.splitlines() if line.startswith("hieros:")]
+        assert "No space left on device" in line and "rerun the same command: it resumes from step_" in line
+        assert "Traceback" not in done.stderr
+        saved = CheckpointDir(run_dir / "checkpoints").paths()
+        assert len(saved) >= 2 and not [p for p in (run_dir / "checkpoints").iterdir() if ".tmp" in p.name]
+        for _, path in saved[:-1]:  # free space: keep only the newest checkpoint
+            path.unlink()
+            path.with_name(path.name + ".sha256").unlink()
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert f"resumed from {saved[-1][1].name} (step {saved[-1][0]})" in again.stdout, again.stdout + again.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -350,3 +350,44 @@ def test_read_only_replay_reads_a_stream_in_order_and_never_writes(tmp_path) -> 
     with pytest.raises(FileNotFoundError, match="no replay to read"):
         Replay(_spec(), capacity=120, num_streams=2, window=5, directory=tmp_path / "none", read_only=True)
     assert not (tmp_path / "none").exists()
+
+
+# ----------------------------------------------------------------- a full disk
+def test_disk_blocks_are_reserved_ahead_so_a_full_disk_is_an_error_not_a_crash(tmp_path, monkeypatch) -> None:
+    """The fields are sparse memory maps; without reserved blocks a full disk kills the process with SIGBUS."""
+    import errno
+    import os
+
+    from hieros.replay import ReplayDiskFullError
+    from hieros.replay.buffer import RESERVE_STEPS
+
+    capacity = 2 * RESERVE_STEPS + 10
+    reserved: list[tuple[int, int]] = []
+    real = os.posix_fallocate
+
+    def recording(fd, offset, length):
+        reserved.append((offset, length))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", recording)
+    replay = Replay(_spec(), capacity=capacity, num_streams=2, window=5, directory=tmp_path / "replay")
+    replay.add(_step(0, 2))
+    image = np.load(tmp_path / "replay" / "image.npy", mmap_mode="r")
+    row = 4 * 4 * 3
+    per_stream = capacity // 2
+    assert (image.offset, RESERVE_STEPS * row) in reserved  # stream 0, steps [0, 1024) of the image field
+    assert (image.offset + per_stream * row, RESERVE_STEPS * row) in reserved  # stream 1
+    for t in range(1, RESERVE_STEPS + 1):
+        replay.add(_step(t, 2))
+    assert (image.offset + RESERVE_STEPS * row, (per_stream - RESERVE_STEPS) * row) in reserved  # the short tail chunk
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    fresh = Replay(_spec(), capacity=capacity, num_streams=2, window=5, directory=tmp_path / "other")
+    with pytest.raises(ReplayDiskFullError) as error:
+        fresh.add(_step(0, 2))
+    message = str(error.value)
+    assert str(tmp_path / "other") in message and "MiB free" in message and "resumes from the last checkpoint" in message
+    assert len(fresh) == 0 and fresh.steps == 0  # nothing was half-written

@@ -44,13 +44,20 @@ def run(cfg: DictConfig) -> dict | None:
     except (ConfigError, RegistryError) as error:
         print(f"hieros: invalid config: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    from hieros.replay import ReplayDiskFullError
     from hieros.training.checkpoint import CheckpointWriteError, IncompatibleCheckpointError, ResumeError
     from hieros.training.loop import train
     from hieros.training.run_lock import RunDirBusyError
 
     try:
         return train(cfg, registry, Path(HydraConfig.get().runtime.output_dir))
-    except (RunDirBusyError, CheckpointWriteError, IncompatibleCheckpointError, ResumeError) as error:
+    except (
+        RunDirBusyError,
+        CheckpointWriteError,
+        IncompatibleCheckpointError,
+        ResumeError,
+        ReplayDiskFullError,
+    ) as error:
         print(f"hieros: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,9 +47,15 @@ from hieros.samplers.uniform import Uniform
 __all__ = ["Replay"]
 
 _FORMAT = 1
+RESERVE_STEPS = 1024
+"""Steps per stream whose disk blocks are allocated ahead of writing (first pass over the ring only)."""
 _LAYOUT_FILE = "replay.json"
 _WRITTEN_FILE = "written.npy"
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class ReplayDiskFullError(OSError):
+    """The file system of an on-disk replay has no room for the next steps; the message says how much is needed."""
 
 
 def _normalise_spec(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -214,6 +221,32 @@ class Replay:
         self._stale_data = False
 
     # ----------------------------------------------------------------- sizes
+    def _reserve(self, position: int) -> None:
+        """Allocate disk blocks for steps [position, position + RESERVE_STEPS) of every stream before they are written.
+
+        The on-disk fields are sparse memory maps: writing a page the file system cannot allocate kills the process
+        with SIGBUS and no message. Reserving ahead turns a full disk into an :class:`ReplayDiskFullError` here.
+        """
+        if self.directory is None or not hasattr(os, "posix_fallocate"):
+            return
+        steps = min(RESERVE_STEPS, self.steps_per_stream - position)
+        needed = 0
+        try:
+            for array in self._data.values():
+                row = array.dtype.itemsize * int(np.prod(array.shape[2:], dtype=np.int64))
+                needed += row * steps * self.num_streams
+                with open(array.filename, "rb+") as handle:
+                    for stream in range(self.num_streams):
+                        start = array.offset + (stream * self.steps_per_stream + position) * row
+                        os.posix_fallocate(handle.fileno(), start, row * steps)
+        except OSError as error:
+            free = shutil.disk_usage(self.directory).free
+            raise ReplayDiskFullError(
+                f"cannot store more replay in {self.directory} ({error.strerror or error}): {free / 2**20:.1f} MiB "
+                f"free, the next {steps} steps need about {needed / 2**20:.1f} MiB; free some space (or lower "
+                "training.replay_capacity in a new run) and rerun the same command: it resumes from the last checkpoint"
+            ) from error
+
     def __len__(self) -> int:
         return self.num_streams * max(0, self._added - self._first - self.window + 1)
 
@@ -267,6 +300,8 @@ class Replay:
             self._start_fresh_over_stale_data()
 
         position = self._added % self.steps_per_stream
+        if self._added < self.steps_per_stream and position % RESERVE_STEPS == 0:
+            self._reserve(position)
         for name, value in values.items():
             self._data[name][:, position] = value
 

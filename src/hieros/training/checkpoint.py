@@ -344,7 +344,10 @@ class CheckpointDir:
     def _write_failure(self, final: Path, error: OSError, written: int) -> str:
         """One line: which file, why, how full its file system is, how much a checkpoint needs, what to do."""
         previous = [path for _, path in self.paths() if path != final]
-        needed = max([written] + [path.stat().st_size for path in previous[-1:]])
+        if previous:
+            needs = f"about {_mebibytes(max(written, previous[-1].stat().st_size))}"
+        else:
+            needs = f"more than the {_mebibytes(written)} written before the error"
         try:
             usage = shutil.disk_usage(self.directory)
             space = f"{_mebibytes(usage.free)} free of {_mebibytes(usage.total)} on {_mount_point(self.directory)}"
@@ -353,7 +356,7 @@ class CheckpointDir:
         resume = f"it resumes from {previous[-1].name}" if previous else "it starts again from step 0"
         return (
             f"could not write checkpoint {final} ({error.strerror or error}): {space}, a checkpoint of this run needs "
-            f"about {_mebibytes(needed)}; free some space (or move the run directory) and rerun the same command: "
+            f"{needs}; free some space (or move the run directory) and rerun the same command: "
             f"{resume}"
         )
 
