@@ -174,6 +174,46 @@ def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monk
     assert runs[0].info.artifact_uri.startswith(str(tmp_path / "artifacts"))
 
 
+def test_a_resume_that_discards_sent_points_marks_them_stale(tmp_path, monkeypatch):
+    """kill -9 after a metric sync, resume from an older checkpoint: MLflow keeps the discarded points, the run's
+    ``hieros.rewinds`` tag marks them, and filtering by it leaves one value per step, the kept ones."""
+    from hieros.training.tracking import is_stale, stale_ranges
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = {"experiment_name": "rewind", "seed": 0, "env": {"name": "gym", "id": "CartPole-v1"}, "paths": {}}
+    logger = {"name": "mlflow", "tracking_uri": uri, "artifact_location": str(tmp_path / "artifacts")}
+    run_dir = tmp_path / "run"
+    metrics = MetricsFile(run_dir / "metrics.jsonl")
+    metrics.write(10, {"loss": 1.0})
+    checkpoint_offset = metrics.offset  # the checkpoint at step 10
+    metrics.write(20, {"loss": 2.0})
+    metrics.write(30, {"loss": 3.0})
+    metrics.close()
+    first = MlflowTracker(run_dir, config, logger, report=print)
+    first.start()
+    first.close("KILLED")  # steps 10, 20, 30 are in MLflow; then the process dies
+    time.sleep(0.01)
+
+    metrics = MetricsFile(run_dir / "metrics.jsonl", keep_bytes=checkpoint_offset)  # the resume
+    resumed = MlflowTracker(run_dir, config, logger, report=print)
+    resumed.rewind_metrics(metrics.offset, step=10)
+    resumed.start()
+    metrics.write(20, {"loss": -2.0})
+    metrics.write(30, {"loss": -3.0})
+    metrics.close()
+    resumed.close("FINISHED")
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("rewind").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.value for m in history) == [-3.0, -2.0, 1.0, 2.0, 3.0]  # MLflow keeps what was sent
+    rewinds = stale_ranges(run.data.tags)
+    assert [r["step"] for r in rewinds] == [10]
+    kept = sorted((m.step, m.value) for m in history if not is_stale(m.step, m.timestamp, rewinds))
+    assert kept == [(10, 1.0), (20, -2.0), (30, -3.0)]
+
+
 # ----------------------------------------------------------------------------- a training run, sqlite store
 @pytest.mark.slow
 def test_training_run_records_params_per_level_metrics_and_media(tmp_path, home, monkeypatch):

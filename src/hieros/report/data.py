@@ -844,6 +844,8 @@ def _mlflow_record(client, run, metrics: Sequence[str], scratch: Path) -> RunRec
         except Exception as error:  # noqa: BLE001
             problems.append(f"metrics.jsonl artifact of run {run_id} unreadable ({error}); using metric histories")
     if not curves:
+        from hieros.training.tracking import is_stale, stale_ranges  # here: the training package imports torch
+
         for name in sorted(run.data.metrics):
             if not _wanted(name, metrics):
                 continue
@@ -852,6 +854,8 @@ def _mlflow_record(client, run, metrics: Sequence[str], scratch: Path) -> RunRec
             except Exception as error:  # noqa: BLE001
                 problems.append(f"metric {name} of run {run_id} unreadable ({error})")
                 continue
+            rewinds = stale_ranges(run.data.tags)  # points a resume discarded (MLflow keeps them)
+            history = [m for m in history if not is_stale(m.step, m.timestamp, rewinds)]
             if history:
                 curves[name] = _curve([(m.step, m.value) for m in history])
     media = [

@@ -479,7 +479,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
     )
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     tracker = make_tracker(config, run_dir, console.warn, run_id_hint=payload.get("mlflow", {}).get("run_id") or None)
-    tracker.rewind_metrics(metrics_file.offset)
+    tracker.rewind_metrics(metrics_file.offset, step=int(payload.get("counters", {}).get("step", 0)))
     run: Run | None = None
     status, failure = "FAILED", None
     try:

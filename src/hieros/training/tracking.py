@@ -53,6 +53,24 @@ METRICS_PER_BATCH = 1000  # MAX_METRICS_PER_BATCH
 RESERVED_KEYS = ("step", "time")
 
 
+REWINDS_TAG = "hieros.rewinds"
+
+
+def stale_ranges(tags: Mapping[str, str]) -> list[dict[str, int]]:
+    """The rewinds recorded on a run (tag ``hieros.rewinds``): metric points with step > ``step`` logged before
+    ``time_ms`` belong to a discarded stretch of training."""
+    try:
+        rewinds = json.loads(tags.get(REWINDS_TAG, "[]"))
+    except ValueError:
+        return []
+    return [r for r in rewinds if isinstance(r, dict) and {"step", "time_ms"} <= set(r)]
+
+
+def is_stale(step: int, timestamp_ms: int, rewinds: list[dict[str, int]]) -> bool:
+    """Whether a metric point was discarded by a later resume (see :func:`stale_ranges`)."""
+    return any(step > r["step"] and timestamp_ms < r["time_ms"] for r in rewinds)
+
+
 class TrackingUnreachableError(RuntimeError):
     """The MLflow tracking store could not be reached at start (``logger.on_unreachable=fail``)."""
 
@@ -328,7 +346,7 @@ class Tracker:
     def start(self) -> None:
         self.started = True
 
-    def rewind_metrics(self, offset: int) -> None:
+    def rewind_metrics(self, offset: int, step: int = 0) -> None:
         pass
 
     def poke(self) -> None:
@@ -378,6 +396,7 @@ class MlflowTracker(Tracker):
         self._backoff = self.sync_seconds
         self._next_attempt = 0.0
         self._last_error: str | None = None
+        self._rewind: dict[str, int] | None = None  # a resume discarded points already sent (see rewind_metrics)
 
     # ----------------------------------------------------------- state files
     def _stored_run_id(self) -> str | None:
@@ -406,8 +425,13 @@ class MlflowTracker(Tracker):
         tmp.write_text(json.dumps(self.sync, indent=1))
         os.replace(tmp, path)
 
-    def rewind_metrics(self, offset: int) -> None:
-        """metrics.jsonl was truncated to ``offset`` bytes (resume): lines from there on are new."""
+    def rewind_metrics(self, offset: int, step: int = 0) -> None:
+        """metrics.jsonl was truncated to ``offset`` bytes, the lines of the checkpoint's ``step`` (resume): lines from
+        there on are new. MLflow cannot delete points already sent past that step, so the rewind is recorded in the
+        run's tag ``hieros.rewinds`` ([{"step": S, "time_ms": T}]): a point with step > S logged before T is stale
+        (``hieros-report`` drops those when it reads metric histories)."""
+        if int(self.sync["metrics_offset"]) > int(offset):
+            self._rewind = {"step": int(step), "time_ms": int(time.time() * 1000)}
         self.sync["metrics_offset"] = min(int(self.sync["metrics_offset"]), int(offset))
 
     # ----------------------------------------------------------- start
@@ -461,6 +485,10 @@ class MlflowTracker(Tracker):
         (self.run_dir / RUN_ID_FILE).write_text(self.run_id + "\n")
         self._write_sync_state()
         self._log_params_and_tags(client, run, tags)
+        if self._rewind is not None:
+            rewinds = [*stale_ranges(run.data.tags), self._rewind]
+            _retry(lambda: client.set_tag(self.run_id, REWINDS_TAG, json.dumps(rewinds)))
+            self._rewind = None
         self.client = client
         self._backoff = self.sync_seconds
 
