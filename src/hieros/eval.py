@@ -21,13 +21,14 @@ Arguments (``key=value``):
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hieros.files import write_json_atomic
 
 DEFAULTS: dict[str, Any] = {
     "checkpoint": None,
@@ -147,17 +148,17 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
         "max": float(np.max(returns)),
     }
     files = [out / f"{stem}.json"]
-    files[0].write_text(json.dumps(scores, indent=2))
+    write_json_atomic(files[0], scores)
     if args["video"] and not has_images:
         scores["video_note"] = "no video: the environment has vector observations (no images to record)"
     elif frames:
         height = frames[0].shape[0]
         files += write_video(np.stack(frames), out / stem, fps=15, tile_height=height)
     scores["files"] = [str(file) for file in files]
-    files[0].write_text(json.dumps(scores, indent=2))
+    write_json_atomic(files[0], scores)
     if args["mlflow"]:
         scores["mlflow"] = log_to_mlflow(payload, path, step, scores, files)
-        files[0].write_text(json.dumps(scores, indent=2))
+        write_json_atomic(files[0], scores)
     return scores
 
 

@@ -12,7 +12,6 @@ unreachable store is a warning). Exit code 2 when the run directory, its checkpo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from hieros.files import write_json_atomic
 
 PROG = "hieros-diagnose"
 PLAIN_WIDTH = 160  # console width when stdout is not a terminal (pipes, CI logs)
@@ -256,13 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     metrics = scalars(result)
     result["metrics"] = metrics
-    out.write_text(json.dumps(result, indent=2))
+    write_json_atomic(out, result)
     print_report(console, result)
     if args.no_mlflow:
         result["mlflow"] = "not logged (--no-mlflow)"
     else:
         result["mlflow"] = log_to_mlflow(run.payload, run.step, metrics, out)
-    out.write_text(json.dumps(result, indent=2))  # with where the figures went
+    write_json_atomic(out, result)  # with where the figures went
     stream = sys.stderr if result["mlflow"].startswith("WARNING") else sys.stdout
     print(f"{PROG}: {result['mlflow']}", file=stream)
     print(f"{PROG}: wrote {out}")

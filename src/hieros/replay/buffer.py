@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from hieros.files import write_json_atomic
 from hieros.samplers import Sampler
 from hieros.samplers.uniform import Uniform
 
@@ -204,7 +205,7 @@ class Replay:
             self._written = open_memmap(directory / _WRITTEN_FILE, mode="w+", dtype=np.int64, shape=(1,))
             self._token = uuid.uuid4().hex
             self._stale_data = False
-            layout_path.write_text(json.dumps({**layout, "token": self._token}, indent=1))
+            write_json_atomic(layout_path, {**layout, "token": self._token}, indent=1)
 
     def _start_fresh_over_stale_data(self) -> None:
         """First add on a directory with data, without load_state_dict: the old data is discarded."""
@@ -217,7 +218,7 @@ class Replay:
         self._token = uuid.uuid4().hex
         self._written[0] = 0
         layout = _layout(self._fields, self.capacity, self.num_streams)
-        (self.directory / _LAYOUT_FILE).write_text(json.dumps({**layout, "token": self._token}, indent=1))
+        write_json_atomic(self.directory / _LAYOUT_FILE, {**layout, "token": self._token}, indent=1)
         self._stale_data = False
 
     # ----------------------------------------------------------------- sizes

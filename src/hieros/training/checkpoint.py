@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hieros.files import fsync_dir, fsync_file, write_atomic
+
 FORMAT_VERSION = 1
 
 RESUMABLE_KEYS: tuple[str, ...] = (
@@ -224,24 +226,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _mebibytes(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
@@ -251,13 +235,6 @@ def _mount_point(path: Path) -> Path:
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
 
 
 def load_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -327,10 +304,10 @@ class CheckpointDir:
         try:
             fabric.save(tmp, dict(state))
             if getattr(fabric, "is_global_zero", True):
-                _fsync_file(tmp)
-                _write_text_atomic(sidecar, f"{sha256_of(tmp)}  {final.name}\n")
+                fsync_file(tmp)
+                write_atomic(sidecar, f"{sha256_of(tmp)}  {final.name}\n")
                 os.replace(tmp, final)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except OSError as error:
             written = tmp.stat().st_size if tmp.exists() else 0
             tmp.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ optimisers and schedulers, the counters, the train-ratio clock, the random gener
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from hieros.agent.hierarchy import Hierarchy
 from hieros.agent.learner import Learner
 from hieros.envs.vector import VectorEnv, make_vector_env
+from hieros.files import write_atomic, write_json_atomic
 from hieros.registry import Registry
 from hieros.replay import Replay
 from hieros.replay.buffer import storage_problem
@@ -398,12 +398,6 @@ def check_replay_data(latest: Loaded, run_dir: Path) -> None:
                 )
 
 
-def _write_json(path: Path, content: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
-
-
 def _finished_scores(run_dir: Path, step: int) -> dict[str, Any] | None:
     """scores.json of a run that already finished at ``step`` (a rerun then only syncs the tracker)."""
     try:
@@ -477,7 +471,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
     metrics_file = MetricsFile(
         run_dir / "metrics.jsonl", keep_bytes=payload.get("counters", {}).get("metrics_offset", 0)
     )
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     tracker = make_tracker(config, run_dir, console.warn, run_id_hint=payload.get("mlflow", {}).get("run_id") or None)
     tracker.rewind_metrics(metrics_file.offset, step=int(payload.get("counters", {}).get("step", 0)))
     run: Run | None = None
@@ -559,7 +553,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
         )
         write_media()
         scores = final_scores(run, evaluation)
-        _write_json(run_dir / "scores.json", scores)
+        write_json_atomic(run_dir / "scores.json", scores)
         console.info(f"done: {run.step} agent steps; scores in {run_dir / 'scores.json'}")
         status = "FINISHED"
         return scores

@@ -33,6 +33,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hieros.files import write_json_atomic
 from hieros.training.tracking import (
     MAX_TAG_VALUE,
     PARENT_RUN_ENV,
@@ -51,9 +52,7 @@ from hieros.training.tracking import (
 def write_record(folder: Path, record: dict[str, str]) -> None:
     """``<folder>/mlflow_parent.json``, written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{SWEEP_PARENT_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, folder / SWEEP_PARENT_FILE)
+    write_json_atomic(folder / SWEEP_PARENT_FILE, record, indent=1)
 
 
 def child_runs(client, parent_id: str) -> list:

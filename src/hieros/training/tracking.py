@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from hieros.files import write_atomic, write_json_atomic
 from hieros.training.checkpoint import flatten
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -420,10 +421,7 @@ class MlflowTracker(Tracker):
         }
 
     def _write_sync_state(self) -> None:
-        path = self.run_dir / SYNC_FILE
-        tmp = path.with_name(f".{SYNC_FILE}.tmp")
-        tmp.write_text(json.dumps(self.sync, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(self.run_dir / SYNC_FILE, self.sync, indent=1)
 
     def rewind_metrics(self, offset: int, step: int = 0) -> None:
         """metrics.jsonl was truncated to ``offset`` bytes, the lines of the checkpoint's ``step`` (resume): lines from
@@ -482,7 +480,7 @@ class MlflowTracker(Tracker):
             _retry(lambda: client.update_run(run.info.run_id, status="RUNNING"))
         self.run_id = run.info.run_id
         self.sync["run_id"] = self.run_id
-        (self.run_dir / RUN_ID_FILE).write_text(self.run_id + "\n")
+        write_atomic(self.run_dir / RUN_ID_FILE, self.run_id + "\n")
         self._write_sync_state()
         self._log_params_and_tags(client, run, tags)
         if self._rewind is not None:
