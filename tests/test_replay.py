@@ -389,5 +389,7 @@ def test_disk_blocks_are_reserved_ahead_so_a_full_disk_is_an_error_not_a_crash(t
     with pytest.raises(ReplayDiskFullError) as error:
         fresh.add(_step(0, 2))
     message = str(error.value)
-    assert str(tmp_path / "other") in message and "MiB free" in message and "resumes from the last checkpoint" in message
+    assert (
+        str(tmp_path / "other") in message and "MiB free" in message and "resumes from the last checkpoint" in message
+    )
     assert len(fresh) == 0 and fresh.steps == 0  # nothing was half-written

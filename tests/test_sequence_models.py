@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from hieros.agent import world_model
 from hieros.nets.distributions import OneHotCategorical, symlog
 from hieros.registry import Registry
 from hieros.sequence_models.base import LatentDynamics
@@ -46,23 +47,10 @@ def single_thread():
 
 
 def build_dynamics(registry: Registry, name: str, *overrides: str, seed: int = 0) -> LatentDynamics:
-    """The sequence model exactly as ``Hierarchy.__init__`` (``make_dynamics``) builds it, at tiny size."""
+    """The sequence model exactly as the hierarchy builds it (``build_dynamics``), at tiny size."""
     cfg = compose_config(f"sequence_model={name}", "model=tiny", *overrides)
-    model, wm = cfg.model, cfg.agent.world_model
     torch.manual_seed(seed)
-    dynamics = registry.build(
-        "sequence_model",
-        cfg.sequence_model,
-        embed_dim=EMBED_DIM,
-        action_dim=ACTION_DIM,
-        deter=model.deter,
-        stoch=model.stoch,
-        classes=model.classes,
-        hidden=model.hidden,
-        unimix=wm.unimix,
-        stochastic=wm.stochastic,
-    )
-    return dynamics.eval()
+    return world_model.build_dynamics(registry, cfg, EMBED_DIM, ACTION_DIM).eval()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from torch.nn import functional as F
 
-from hieros.agent.world_model import WorldModel
+from hieros.agent.world_model import WorldModel, build_world_model
 from hieros.nets.distributions import OneHotCategorical, twohot_encode
 from hieros.registry import Registry
 
@@ -53,29 +53,13 @@ def mode_sampling(monkeypatch):
     monkeypatch.setattr(OneHotCategorical, "sample", lambda self, generator=None: self.mode())
 
 
-def build_world_model(
+def make_world_model(
     registry: Registry, name: str, obs_shapes: dict, action_dim: int, *overrides: str, size: str = "tiny", seed: int = 0
 ) -> WorldModel:
-    """A level's world model as ``Subactor.__init__`` builds it (``make_dynamics`` of ``Hierarchy.__init__``)."""
+    """A level's world model as the hierarchy builds it (:func:`hieros.agent.world_model.build_world_model`)."""
     cfg = compose_config(f"sequence_model={name}", f"model={size}", *overrides)
-    model, wm = cfg.model, cfg.agent.world_model
-
-    def make_dynamics(embed_dim: int):
-        return registry.build(
-            "sequence_model",
-            cfg.sequence_model,
-            embed_dim=embed_dim,
-            action_dim=action_dim,
-            deter=model.deter,
-            stoch=model.stoch,
-            classes=model.classes,
-            hidden=model.hidden,
-            unimix=wm.unimix,
-            stochastic=wm.stochastic,
-        )
-
     torch.manual_seed(seed)
-    return WorldModel(obs_shapes, action_dim, make_dynamics, model, wm)
+    return build_world_model(registry, cfg, obs_shapes, action_dim)
 
 
 def count(module: torch.nn.Module) -> int:
@@ -120,10 +104,10 @@ def skip_weight_init(monkeypatch):
 def test_paper_size_parameter_counts_match_spec(registry, skip_weight_init):
     # spec section 2: level-0 world model 8.86 M (64x64x3 images, A = 18); level-1 world model 9.94 M
     # (vector_units 512; observation = k = 4 stacked level-0 latents of 1024 + 256 = 5120, action = 8x8 code).
-    level0 = build_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="paper")
+    level0 = make_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="paper")
     feature_dim = level0.dynamics.feature_dim
     assert feature_dim == 1024 + 256
-    level1 = build_world_model(registry, "s5", {"vector": (4 * feature_dim,)}, 8 * 8, size="paper")
+    level1 = make_world_model(registry, "s5", {"vector": (4 * feature_dim,)}, 8 * 8, size="paper")
     for world_model, expected in ((level0, 8.86e6), (level1, 9.94e6)):
         assert count(world_model) == pytest.approx(expected, rel=0.03), breakdown(world_model)
     # the figures of the original, exactly: the S5 stack is 4 double blocks (8 S5 layers) of H 256, P 128
@@ -133,8 +117,8 @@ def test_paper_size_parameter_counts_match_spec(registry, skip_weight_init):
 
 def test_small_size_drops_two_double_blocks(registry, skip_weight_init):
     # ablation G.6: 2 double blocks; everything else as paper, so the difference is 2 blocks + the narrower _state_out
-    paper = build_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="paper")
-    small = build_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="small")
+    paper = make_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="paper")
+    small = make_world_model(registry, "s5", {"image": (64, 64, 3)}, ATARI_ACTIONS, size="small")
     assert len(small.dynamics.blocks) == 2
     block = count(paper.dynamics.blocks[0])
     assert count(paper) - count(small) == 2 * block + (4 - 2) * 2 * 128 * 256
@@ -143,7 +127,7 @@ def test_small_size_drops_two_double_blocks(registry, skip_weight_init):
 def test_tiny_size_builds_for_every_sequence_model_and_image_size(registry):
     for name in MODELS:
         for image_size in (16, 32, 64):
-            world_model = build_world_model(registry, name, {"image": (image_size, image_size, 3)}, 4)
+            world_model = make_world_model(registry, name, {"image": (image_size, image_size, 3)}, 4)
             assert count(world_model) < 1_000_000, (name, image_size)
 
 
@@ -151,7 +135,7 @@ def test_tiny_size_builds_for_every_sequence_model_and_image_size(registry):
 
 
 def test_loss_is_eq_6_to_9(registry, mode_sampling):
-    world_model = build_world_model(registry, "s5", {"image": (16, 16, 3)}, 4)
+    world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4)
     batch = random_batch(3, 7, 4, resets=[(1, 4)])
     batch["reward"][0, 2] = 7.0  # a reward away from zero, so the two-hot target spans two bins
     with torch.no_grad():
@@ -188,7 +172,7 @@ def test_loss_is_eq_6_to_9(registry, mode_sampling):
 
 
 def test_kl_terms_stop_gradients_like_eq_8_and_9(registry):
-    world_model = build_world_model(registry, "s5", {"image": (16, 16, 3)}, 4)
+    world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4)
     dynamics = world_model.dynamics
     post_logits = torch.randn(2, 3, dynamics.stoch, dynamics.classes, requires_grad=True)
     prior_logits = torch.randn(2, 3, dynamics.stoch, dynamics.classes, requires_grad=True)
@@ -206,7 +190,7 @@ def test_kl_terms_stop_gradients_like_eq_8_and_9(registry):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_initial_state_is_learned(registry, name):
-    world_model = build_world_model(registry, name, {"image": (16, 16, 3)}, 4)
+    world_model = make_world_model(registry, name, {"image": (16, 16, 3)}, 4)
     dynamics = world_model.dynamics
     loss, _, _ = world_model.loss(random_batch(2, 5, 4, resets=[(0, 3)]))
     loss.backward()
@@ -230,7 +214,7 @@ def _changed_action(batch: dict, step: int) -> dict:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_previous_alignment_trains_on_the_action_before_each_observation(registry, mode_sampling, name):
-    world_model = build_world_model(registry, name, {"image": (16, 16, 3)}, 4)
+    world_model = make_world_model(registry, name, {"image": (16, 16, 3)}, 4)
     assert world_model.config["action_alignment"] == "previous"  # the default fixes the original's off-by-one
     batch = random_batch(2, 6, 4)
     last = batch["is_first"].shape[1] - 1
@@ -249,7 +233,7 @@ def test_previous_alignment_trains_on_the_action_before_each_observation(registr
 
 @pytest.mark.parametrize("name", MODELS)
 def test_original_alignment_reproduces_the_off_by_one(registry, mode_sampling, name):
-    world_model = build_world_model(
+    world_model = make_world_model(
         registry, name, {"image": (16, 16, 3)}, 4, "agent.world_model.action_alignment=original"
     )
     batch = random_batch(2, 6, 4)
@@ -263,7 +247,7 @@ def test_original_alignment_reproduces_the_off_by_one(registry, mode_sampling, n
 
 @pytest.mark.parametrize("alignment", ["previous", "original"])
 def test_action_is_zeroed_at_is_first(registry, mode_sampling, alignment):
-    world_model = build_world_model(
+    world_model = make_world_model(
         registry, "s5", {"image": (16, 16, 3)}, 4, f"agent.world_model.action_alignment={alignment}"
     )
     batch = random_batch(2, 7, 4, resets=[(0, 3), (1, 5)])
@@ -284,7 +268,7 @@ def test_action_is_zeroed_at_is_first(registry, mode_sampling, alignment):
 
 
 def test_deterministic_latent_variant(registry):
-    world_model = build_world_model(registry, "s5", {"image": (16, 16, 3)}, 4, "agent.world_model.stochastic=false")
+    world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4, "agent.world_model.stochastic=false")
     assert not world_model.dynamics.stochastic
     batch = random_batch(2, 5, 4)
     total, post, metrics = world_model.loss(batch)
@@ -360,7 +344,7 @@ def replay_batches(replay: dict, count: int, batch: int, length: int, seed: int 
 def test_loss_goes_down_on_a_minatar_replay(registry, minatar_replay, name):
     num_actions = minatar_replay["action"].shape[-1]
     image_shape = minatar_replay["image"].shape[-3:]  # (H, W, C): C = the game's object channels
-    world_model = build_world_model(registry, name, {"image": image_shape}, num_actions, seed=1)
+    world_model = make_world_model(registry, name, {"image": image_shape}, num_actions, seed=1)
     batches = replay_batches(minatar_replay, count=2, batch=8, length=16)
     # lr 1e-3 (10x the paper's) so a few dozen updates show the trend; clip as configured
     optimizer = torch.optim.AdamW(world_model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
@@ -387,7 +371,7 @@ def test_loss_goes_down_on_a_minatar_replay(registry, minatar_replay, name):
 
 def test_open_loop_video(registry, minatar_replay, mode_sampling):
     num_actions = minatar_replay["action"].shape[-1]
-    world_model = build_world_model(registry, "s5", {"image": (IMAGE_SIZE, IMAGE_SIZE, 3)}, num_actions)
+    world_model = make_world_model(registry, "s5", {"image": (IMAGE_SIZE, IMAGE_SIZE, 3)}, num_actions)
     batch = replay_batches(minatar_replay, count=1, batch=3, length=12, seed=4)[0]
     batch["is_first"][:, 1:] = False  # one episode per row, so the imagined part never crosses a reset
     video = world_model.open_loop_video(batch, context=5)

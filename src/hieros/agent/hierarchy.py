@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from hieros.agent.subactor import Subactor
 from hieros.agent.subgoal import subgoal_reward
+from hieros.agent.world_model import build_dynamics
 from hieros.config import level_reward_weights
 from hieros.sequence_models.base import State
 
@@ -48,22 +49,9 @@ class Hierarchy(nn.Module):
         self.num_actions = num_actions
         ae = cfg["agent"]["subgoal_autoencoder"]
         self.code_shape = (ae["latents"], ae["classes"])
-        model = cfg["model"]
-        wm_cfg = cfg["agent"]["world_model"]
 
         def make_dynamics(embed_dim: int, action_dim: int):
-            return registry.build(
-                "sequence_model",
-                cfg["sequence_model"],
-                embed_dim=embed_dim,
-                action_dim=action_dim,
-                deter=model["deter"],
-                stoch=model["stoch"],
-                classes=model["classes"],
-                hidden=model["hidden"],
-                unimix=wm_cfg["unimix"],
-                stochastic=wm_cfg["stochastic"],
-            )
+            return build_dynamics(registry, cfg, embed_dim, action_dim)
 
         levels = []
         shapes = dict(obs_shapes)

@@ -19,6 +19,35 @@ from hieros.sequence_models.base import LatentDynamics, State
 REWARD_BINS = 255
 
 
+def build_dynamics(registry, cfg: Mapping, embed_dim: int, action_dim: int) -> LatentDynamics:
+    """A level's sequence model from the full config (``sequence_model``, ``model`` sizes, world-model latents): the
+    one place that maps config keys to the constructor, used by the hierarchy, the benchmarks and the tests."""
+    model, wm = cfg["model"], cfg["agent"]["world_model"]
+    return registry.build(
+        "sequence_model",
+        cfg["sequence_model"],
+        embed_dim=embed_dim,
+        action_dim=action_dim,
+        deter=model["deter"],
+        stoch=model["stoch"],
+        classes=model["classes"],
+        hidden=model["hidden"],
+        unimix=wm["unimix"],
+        stochastic=wm["stochastic"],
+    )
+
+
+def build_world_model(registry, cfg: Mapping, obs_shapes: Mapping[str, tuple[int, ...]], action_dim: int) -> WorldModel:
+    """A level's world model from the full config, as :class:`~hieros.agent.subactor.Subactor` builds it."""
+    return WorldModel(
+        obs_shapes,
+        action_dim,
+        lambda embed_dim: build_dynamics(registry, cfg, embed_dim, action_dim),
+        cfg["model"],
+        cfg["agent"]["world_model"],
+    )
+
+
 class WorldModel(nn.Module):
     """One level's world model.
 

@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from hieros.agent.world_model import WorldModel
+from hieros.agent.world_model import WorldModel, build_world_model
 from hieros.bench._memory import in_fresh_process, measure_step
 from hieros.nets.distributions import OneHotCategorical, symlog
 from hieros.nets.layers import MLP
@@ -71,24 +71,8 @@ def _config(sequence_model: str, setup: dict):
 
 
 def _world_model(registry: Registry, cfg, setup: dict) -> WorldModel:
-    model, wm = cfg.model, cfg.agent.world_model
-
-    def make_dynamics(embed_dim: int):
-        return registry.build(
-            "sequence_model",
-            cfg.sequence_model,
-            embed_dim=embed_dim,
-            action_dim=setup["actions"],
-            deter=model.deter,
-            stoch=model.stoch,
-            classes=model.classes,
-            hidden=model.hidden,
-            unimix=wm.unimix,
-            stochastic=wm.stochastic,
-        )
-
     torch.manual_seed(0)
-    return WorldModel({"image": (setup["image"], setup["image"], 3)}, setup["actions"], make_dynamics, model, wm)
+    return build_world_model(registry, cfg, {"image": (setup["image"], setup["image"], 3)}, setup["actions"])
 
 
 def _batch(setup: dict, seed: int = 0) -> dict[str, torch.Tensor]:
