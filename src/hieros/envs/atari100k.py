@@ -22,6 +22,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from hieros.envs.seeding import SeededEnv
 from hieros.registry import register
 
 ATARI100K_GAMES: types.MappingProxyType[str, str] = types.MappingProxyType(
@@ -70,7 +71,7 @@ def _unknown_game_message(game: str) -> str:
 
 
 @register("env", "atari100k")
-class Atari100k(gym.Env):
+class Atari100k(SeededEnv):
     """Atari100k game with the DreamerV3/HIEROS protocol: repeat 4, max-pool, 0-29 no-ops, 64×64 RGB, minimal actions.
 
     Observation ``{"image": uint8 (size, size, 3)}`` (``(size, size, 1)`` with ``gray=True``); action
@@ -113,7 +114,7 @@ class Atari100k(gym.Env):
         self._action_repeat = int(action_repeat)
         self._noop_max = int(noop_max)
         self._gray = bool(gray)
-        self._seed = int(seed)
+        super().__init__(seed)
         try:
             self._base = gym.make(
                 f"ALE/{self.rom_id}-v5",
@@ -139,18 +140,14 @@ class Atari100k(gym.Env):
         height, width = self.ale.getScreenDims()
         self._frames = np.zeros((2, height, width, 3), np.uint8)  # ring of the last two raw RGB screens
         self._latest = 0
-        self._seeded = False
         self._episode_over = True
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is None and not self._seeded:
-            seed = self._seed
-        super().reset(seed=seed)
+        seed = self.begin_reset(seed)
         self._base.reset(seed=seed)  # with a seed: seeds the ALE and reloads the ROM
-        self._seeded = True
         noops = int(self.np_random.integers(self._noop_max)) if self._noop_max > 0 else 0
         for _ in range(noops):
             self.ale.act(_NOOP)

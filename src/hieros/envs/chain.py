@@ -26,11 +26,12 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from hieros.envs.seeding import SeededEnv
 from hieros.registry import register
 
 
 @register("env", "chain")
-class BanditChain(gymnasium.Env):
+class BanditChain(SeededEnv):
     """Debugging task: ``length`` steps, reward 1 for ``rewarded_action`` (else 0), observation [t/length, a_{t-1}].
 
     ``Discrete(actions)`` actions. The episode ends after ``length`` steps: truncated, or terminated with
@@ -53,8 +54,7 @@ class BanditChain(gymnasium.Env):
         self.rewarded_action = int(rewarded_action)
         self.terminal = bool(terminal)
         self.observe_action = bool(observe_action)
-        self._seed = int(seed)
-        self._seeded = False
+        super().__init__(seed)
         self._t, self._last, self._done = 0, -1, True
         self.action_space = gymnasium.spaces.Discrete(int(actions), seed=self._seed)
         size = 1 + (int(actions) if self.observe_action else 0)
@@ -77,10 +77,7 @@ class BanditChain(gymnasium.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is None and not self._seeded:
-            seed = self._seed
-        super().reset(seed=seed)
-        self._seeded = True
+        self.begin_reset(seed)
         self._t, self._last, self._done = 0, -1, False
         return self._observation(), {}
 

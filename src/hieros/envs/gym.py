@@ -7,11 +7,12 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from hieros.envs.seeding import SeededEnv
 from hieros.registry import register
 
 
 @register("env", "gym")
-class GymVector(gymnasium.Env):
+class GymVector(SeededEnv):
     """A gymnasium id (e.g. ``CartPole-v1``) with a Box observation, flattened to ``{"vector": float32 (D,)}``.
 
     The action space must be ``Discrete`` (the agent is discrete-only); ``Discrete(n, start=s)`` is exposed as
@@ -48,8 +49,7 @@ class GymVector(gymnasium.Env):
                 f"gymnasium.wrappers.FlattenObservation in your own env plugin"
             )
         self.id = id
-        self._seed = int(seed)
-        self._seeded = False
+        super().__init__(seed)
         self._action_start = int(action_space.start)
         self.action_space = gymnasium.spaces.Discrete(int(action_space.n), seed=self._seed)
         low = np.asarray(observation_space.low, np.float32).reshape(-1)
@@ -59,10 +59,7 @@ class GymVector(gymnasium.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is None and not self._seeded:
-            seed = self._seed
-        super().reset(seed=seed)
-        self._seeded = True
+        seed = self.begin_reset(seed)
         observation, info = self._env.reset(seed=seed, options=options)
         return self._observation(observation), info
 

@@ -32,6 +32,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from hieros.envs.seeding import SeededEnv
 from hieros.registry import register
 
 MINATAR_GAMES: tuple[str, ...] = ("breakout", "freeway", "asterix", "seaquest", "space_invaders")
@@ -91,7 +92,7 @@ def _load_minatar() -> Any:
 
 
 @register("env", "minatar")
-class MinAtar(gymnasium.Env):
+class MinAtar(SeededEnv):
     """A MinAtar game as ``{"image": uint8 (size, size, C)}`` (``obs="channels"``, C = the game's channels) or
     ``(size, size, 3)`` (``obs="rgb"``) with ``Discrete(6)`` actions (see module docstring).
 
@@ -128,8 +129,7 @@ class MinAtar(gymnasium.Env):
         minatar = _load_minatar()
         self.game = game
         self._game = minatar.Environment(game, sticky_action_prob=float(sticky_prob))
-        self._seed = int(seed)
-        self._seeded = False
+        super().__init__(seed)
         self._max_steps = int(max_steps)
         self._steps = 0
         self._episode_over = True
@@ -149,12 +149,9 @@ class MinAtar(gymnasium.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is None and not self._seeded:
-            seed = self._seed
-        super().reset(seed=seed)
+        seed = self.begin_reset(seed)
         if seed is not None:
             self._game.seed(int(seed))
-        self._seeded = True
         self._game.reset()
         self._game.last_action = 0
         self._steps = 0
