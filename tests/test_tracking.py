@@ -18,8 +18,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
+from hieros.mappings import flatten
 from hieros.registry import Registry
-from hieros.training.checkpoint import flatten
 from hieros.training.tracking import (
     MAX_PARAM_VALUE,
     MetricsFile,

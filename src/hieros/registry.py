@@ -26,6 +26,8 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any
 
+from hieros.mappings import plain_mapping
+
 GROUPS: tuple[str, ...] = ("sequence_model", "sampler", "goal_encoding", "env")
 """The registry groups. Each has a folder in ``src/hieros`` and a config group in ``conf/``."""
 
@@ -162,7 +164,7 @@ class Registry:
         ``extra`` keyword arguments come from the caller (e.g. shapes known only at run time)
         and are merged over the node's keys.
         """
-        kwargs = _to_dict(node)
+        kwargs = plain_mapping(node)
         if "name" not in kwargs:
             raise RegistryError(
                 f"the {group} config has no 'name' key; set it to one of: {', '.join(self.names(group))}"
@@ -189,19 +191,6 @@ class Registry:
         close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown {group} {name!r}. Registered {group} names: {', '.join(names) or '(none)'}.{hint}"
-
-
-def _to_dict(node: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(node, str):
-        return {"name": node}
-    return dict(node)
 
 
 def _parameters(factory: Any) -> list[str]:

@@ -20,6 +20,8 @@ import gymnasium
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from hieros.mappings import plain_mapping
+
 FLAG_KEYS: tuple[str, ...] = ("is_first", "is_last", "is_terminal")
 
 
@@ -137,7 +139,7 @@ def make_vector_env(
     """Build ``num_envs`` envs from one config node (``name`` + arguments), env i with ``seed + i``."""
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    node = _plain_mapping(env_cfg)
+    node = plain_mapping(env_cfg)
     if "name" not in node:
         raise ValueError(f"the env config has no 'name' key; set it to one of: {', '.join(registry.names('env'))}")
     # A registry holding only the chosen env: spawned workers then import only that env's module.
@@ -145,17 +147,3 @@ def make_vector_env(
     chosen.add("env", node["name"], registry.get("env", node["name"]))
     make_fns = [functools.partial(chosen.build, "env", node, seed=int(seed) + i) for i in range(int(num_envs))]
     return VectorEnv(make_fns, parallel=parallel)
-
-
-def _plain_mapping(node: Any) -> dict[str, Any]:
-    # A plain dict pickles cheaply into spawned workers and cannot change under them.
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(node, str):
-        return {"name": node}
-    return dict(node)

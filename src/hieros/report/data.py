@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from hieros.mappings import flatten
+
 SCORE_KINDS: tuple[str, ...] = ("final_eval", "train_last10pct")
 EVAL_MODES: tuple[str, ...] = ("sampled", "greedy")
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -268,18 +270,6 @@ def parse_param(text: Any) -> Any:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
     return {"true": True, "false": False, "none": None, "null": None}.get(text.strip().lower(), text)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {"a.b.c": leaf}; lists stay leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from hieros.files import fsync_dir, fsync_file, write_atomic
+from hieros.mappings import flatten
 
 FORMAT_VERSION = 1
 
@@ -163,18 +164,6 @@ def restore(objects: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str,
 
 
 # --------------------------------------------------------------------- config comparison
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {"a.b.c": leaf}; lists and empty mappings are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 _ABSENT = object()
 
 

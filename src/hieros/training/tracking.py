@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from hieros.files import write_atomic, write_json_atomic
-from hieros.training.checkpoint import flatten
+from hieros.mappings import flatten
 
 RUN_ID_FILE = "mlflow_run_id"
 SYNC_FILE = "mlflow_sync.json"
