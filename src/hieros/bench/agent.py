@@ -52,6 +52,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hieros.bench._memory import in_fresh_process, measure_step
+from hieros.bench._timing import timed
 from hieros.bench.world_model import compose_config
 from hieros.registry import Registry
 
@@ -180,21 +181,9 @@ def _batch(hierarchy, index: int, setup: dict, seed: int = 0) -> dict[str, torch
     return out
 
 
-def _timed(fn: Callable[[], object], iterations: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(iterations):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
-    return {"s": statistics.median(wall), "cpu_s": statistics.median(cpu), "min_s": min(wall), "max_s": max(wall)}
-
-
 def _matmul_gflops() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    return 2 * 1024**3 / _timed(lambda: a @ b, iterations=10, warmup=2)["min_s"] / 1e9
+    return 2 * 1024**3 / timed(lambda: a @ b, iterations=10, warmup=2)["min_s"] / 1e9
 
 
 def _gflop(fn: Callable[[], object]) -> float:
@@ -212,7 +201,7 @@ def _level0_update(sequence_model: str, setup: dict, gflops: float | None) -> di
     hierarchy = _hierarchy(sequence_model, setup)
     level = hierarchy.levels[0]
     step = partial(level.train_step, _batch(hierarchy, 0, setup), level.make_optimizers(), _fabric())
-    timing = _timed(step, setup["iterations"], setup["warmup"])
+    timing = timed(step, setup["iterations"], setup["warmup"])
     timing["parameters"] = sum(p.numel() for p in level.parameters())
     if gflops is not None:  # counting runs one more update
         timing["gflop"] = round(_gflop(step), 1)

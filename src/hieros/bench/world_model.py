@@ -29,9 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -42,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hieros.agent.world_model import WorldModel, build_world_model
 from hieros.bench._memory import in_fresh_process, measure_step
+from hieros.bench._timing import timed
 from hieros.nets.distributions import OneHotCategorical, symlog
 from hieros.nets.layers import MLP
 from hieros.registry import Registry
@@ -139,21 +138,9 @@ def _imagine(world_model: WorldModel, actor: MLP, start: dict, horizon: int, bac
             loss.backward()
 
 
-def _timed(fn: Callable[[], object], iterations: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(iterations):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
-    return {"s": statistics.median(wall), "cpu_s": statistics.median(cpu), "min_s": min(wall)}
-
-
 def _matmul_gflops() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    timing = _timed(lambda: a @ b, iterations=10, warmup=2)
+    timing = timed(lambda: a @ b, iterations=10, warmup=2)
     return 2 * 1024**3 / timing["min_s"] / 1e9
 
 
@@ -250,7 +237,7 @@ def _run(quick: bool, threads: int, iterations: int | None = None, warmup: int |
         world_model = _world_model(registry, cfg, setup).train()
         batch = _batch(setup)
         step = _update_step(world_model)
-        figures = _timed(partial(step, batch), iterations, warmup)
+        figures = timed(partial(step, batch), iterations, warmup)
         figures["parameters"] = sum(p.numel() for p in world_model.parameters())
         figures["gflop"] = round(_gflop(partial(_forward_backward, world_model, batch)), 3)
         figures["gemm_bound_s"] = round(figures["gflop"] / results["matmul_gflops"], 2)
@@ -263,9 +250,7 @@ def _run(quick: bool, threads: int, iterations: int | None = None, warmup: int |
         imagination["forward_gflop"] = round(_gflop(forward), 3)
         imagination["forward_gemm_bound_s"] = round(imagination["forward_gflop"] / results["matmul_gflops"], 2)
         for label, backward in (("forward", False), ("forward_backward", True)):
-            timing = _timed(
-                partial(_imagine, world_model, actor, start, setup["horizon"], backward), iterations, warmup
-            )
+            timing = timed(partial(_imagine, world_model, actor, start, setup["horizon"], backward), iterations, warmup)
             imagination.update({f"{label}_{key}": value for key, value in timing.items()})
         results["imagination"][name] = imagination
     if not quick:
