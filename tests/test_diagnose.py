@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 
 import numpy as np
@@ -58,18 +57,12 @@ def tracked_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("diagnose")
     uri = f"sqlite:///{root}/mlflow.db"
-    saved = {key: os.environ.get(key) for key in ("HIEROS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ.update(HIEROS_HOME=str(root / "home"), MLFLOW_TRACKING_URI=uri)
-    try:
+    with pytest.MonkeyPatch.context() as env:  # module-scoped: the function-scoped monkeypatch is not available
+        env.setenv("HIEROS_HOME", str(root / "home"))
+        env.setenv("MLFLOW_TRACKING_URI", uri)
         with initialize_config_module("hieros.conf", version_base="1.3"):
             cfg = compose("config", overrides=RUN)
         train(cfg, Registry.default(), root / "run")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return root / "run", uri
 
 

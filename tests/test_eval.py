@@ -4,7 +4,6 @@ writes scores and a video of them, and logs both to the checkpoint's MLflow run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,21 +33,14 @@ TINY = [
 def _train(run_dir: Path, home: Path, *overrides: str, tracking_uri: str | None = None) -> None:
     from hieros.training.loop import train
 
-    saved = {key: os.environ.get(key) for key in ("HIEROS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["HIEROS_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with pytest.MonkeyPatch.context() as env:  # also from module-scoped fixtures
+        env.setenv("HIEROS_HOME", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        if tracking_uri:
+            env.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         with initialize_config_module("hieros.conf", version_base="1.3"):
             cfg = compose("config", overrides=[*TINY, *overrides])
         train(cfg, Registry.default(), run_dir)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

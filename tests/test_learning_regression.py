@@ -30,7 +30,6 @@ asserts for the margins).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -134,17 +133,10 @@ def train_and_probe(root: Path) -> dict:
     cfg = _compose()
     registry = Registry.default()
     validate(cfg, registry)
-    saved = {key: os.environ.get(key) for key in ("HIEROS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["HIEROS_HOME"] = str(root / "home")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HIEROS_HOME", str(root / "home"))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
         scores = train(cfg, registry, root / "run")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     latest = CheckpointDir(Path(root / "run" / "checkpoints")).load_latest()
     assert latest is not None and latest.payload["counters"]["step"] == cfg.training.steps
     config = latest.payload["config"]
