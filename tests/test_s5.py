@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import numpy as np
@@ -29,7 +30,7 @@ def sequential_linear(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def reference_s5(layer: S5Layer, u: torch.Tensor, reset: torch.Tensor, dtype=torch.complex64):
     """x_t = Λ̄ ⊙ x_{t−1} (zeroed where reset) + B̄ u_t; y_t = Re(C x_t) + D ⊙ u_t, from the public API only."""
     lambda_bar, b_bar = layer.discretize()
-    lambda_bar, b_bar, c = lambda_bar.to(dtype), b_bar.to(dtype), layer.C.to(dtype)
+    lambda_bar, b_bar, c = lambda_bar.to(dtype), b_bar.to(dtype), layer.C_tilde.to(dtype)
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     u_c = u.to(real).to(dtype)
     x = torch.zeros(u.shape[0], layer.state_size, dtype=dtype)
@@ -207,7 +208,7 @@ def test_zoh_discretization_matches_matrix_exponential() -> None:
     layer = S5Layer(8, 8, blocks=2)
     lambda_bar, b_bar = layer.discretize()
     delta = torch.exp(layer.log_step.detach()).double()
-    lam = layer.Lambda.detach().to(torch.complex128)
+    lam = layer.eigenvalues.detach().to(torch.complex128)
     # d/dt [x; 1] = [[λ, 1], [0, 0]] [x; 1]  ⇒  exp(Δ·M) = [[e^{λΔ}, (e^{λΔ} − 1)/λ], [0, 1]]
     m = torch.zeros(8, 2, 2, dtype=torch.complex128)
     m[:, 0, 0], m[:, 0, 1] = lam * delta, delta.to(torch.complex128)
@@ -229,10 +230,12 @@ def test_hippo_n_initialisation_facts() -> None:
             a_ik = -math.sqrt((2 * i + 1) * (2 * k + 1)) if i > k else (-(i + 1) if i == k else 0.0)
             s[i, k] = a_ik + math.sqrt(i + 0.5) * math.sqrt(k + 0.5)
     eig = np.linalg.eigvals(s)
-    lam = layer.Lambda.detach()
-    assert layer.Lambda.dtype == torch.complex64 and layer.C.dtype == torch.complex64
-    assert layer.B.dtype == torch.float32 and layer.B.shape == (state, hidden, 2)
-    assert layer.C.shape == (hidden, state) and layer.D.shape == (hidden,) and layer.log_step.shape == (state,)
+    lam = layer.eigenvalues.detach()
+    # complex parameters are stored as real (..., 2) views (fused AdamW takes no complex tensors)
+    assert all(not p.is_complex() and p.dtype == torch.float32 for p in layer.parameters())
+    assert layer.Lambda.shape == (state, 2) and layer.B.shape == (state, hidden, 2) and layer.C.shape == (hidden, state, 2)
+    assert layer.eigenvalues.dtype == torch.complex64 and layer.C_tilde.shape == (hidden, state)
+    assert layer.D.shape == (hidden,) and layer.log_step.shape == (state,)
     torch.testing.assert_close(lam.real, torch.full((state,), -0.5))
     np.testing.assert_allclose(np.sort(lam.imag[:n].numpy()), np.sort(eig.imag), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(eig.real, -0.5, atol=1e-8)
@@ -247,7 +250,7 @@ def test_hippo_n_initialisation_facts() -> None:
     assert torch.all((layer.D >= 0) & (layer.D < 1))
     # V unitary ⇒ the variances of B₀ (1/P) and C₀ (2/(H·P), complex) survive the basis change
     assert abs(layer.B_tilde.detach().abs().pow(2).mean().item() * state - 1.0) < 0.05
-    assert abs(layer.C.detach().abs().pow(2).mean().item() * hidden * state / 2 - 1.0) < 0.05
+    assert abs(layer.C_tilde.detach().abs().pow(2).mean().item() * hidden * state / 2 - 1.0) < 0.05
 
 
 def test_layer_runs_in_float32_under_autocast(gen: torch.Generator) -> None:
@@ -323,3 +326,52 @@ def test_block_gradients_flow_to_all_parameters(gen: torch.Generator) -> None:
     for name, parameter in block.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_checkpoint_with_complex_parameters_and_adam_moments_loads(gen: torch.Generator) -> None:
+    """Before issue 14, Λ and C̃ were complex64 parameters trained by a foreach AdamW; a checkpoint of that layout
+    (module and optimizer state) must load into the real-view layout and continue exactly as the old one would."""
+    from hieros.agent.subactor import _adamw
+
+    layer = S5Layer(6, 8, blocks=2, generator=gen)
+    u, reset = torch.randn(2, 5, 6, generator=gen), torch.zeros(2, 5, dtype=torch.bool)
+    # the old layout: complex parameters, trained two steps with the complex-capable foreach AdamW
+    old = S5Layer(6, 8, blocks=2)
+    old.Lambda = torch.nn.Parameter(layer.eigenvalues.detach().clone())
+    old.C = torch.nn.Parameter(layer.C_tilde.detach().clone())
+    old.B = torch.nn.Parameter(layer.B.detach().clone())
+    old.D, old.log_step = torch.nn.Parameter(layer.D.detach().clone()), torch.nn.Parameter(layer.log_step.detach().clone())
+
+    def old_output(module: S5Layer) -> torch.Tensor:  # the layer's output, written for either layout
+        step = torch.exp(module.log_step)
+        lam = module.Lambda if module.Lambda.is_complex() else module.eigenvalues
+        c = module.C if module.C.is_complex() else module.C_tilde
+        lambda_bar = torch.exp(lam * step)
+        b_bar = ((lambda_bar - 1) / lam)[:, None] * module.B_tilde
+        x = resettable_scan(lambda_bar, torch.einsum("ph,bth->btp", b_bar, u.to(torch.complex64)), reset)
+        return (x @ c.T).real + module.D * u
+
+    old_opt = torch.optim.AdamW(old.parameters(), lr=1e-2, eps=1e-8, weight_decay=0.0, foreach=True)
+    for _ in range(2):
+        old_opt.zero_grad()
+        old_output(old).pow(2).mean().backward()
+        old_opt.step()
+    assert old.Lambda.is_complex() and old_opt.state_dict()["state"][0]["exp_avg"].is_complex()
+
+    saved = io.BytesIO()  # through a file, as a checkpoint is (no tensor shared with the old optimizer)
+    torch.save({"module": old.state_dict(), "optimizer": old_opt.state_dict()}, saved)
+    saved.seek(0)
+    checkpoint = torch.load(saved)
+    new = S5Layer(6, 8, blocks=2)
+    new.load_state_dict(checkpoint["module"])
+    new_opt = _adamw(new.parameters(), {"eps": 1e-8}, 1e-2)
+    new_opt.load_state_dict(checkpoint["optimizer"])
+    assert new_opt.param_groups[0]["fused"] and all(not p.is_complex() for p in new.parameters())
+    torch.testing.assert_close(new.eigenvalues, old.Lambda.detach())
+    torch.testing.assert_close(new.C_tilde, old.C.detach())
+    for model, opt in ((old, old_opt), (new, new_opt)):  # one more step each: the same update
+        opt.zero_grad()
+        old_output(model).pow(2).mean().backward()
+        opt.step()
+    torch.testing.assert_close(new.eigenvalues, old.Lambda.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new.C_tilde, old.C.detach(), rtol=1e-5, atol=1e-6)

@@ -32,6 +32,7 @@ from hieros.agent.subactor import Subactor
 from hieros.agent.subgoal import subgoal_reward
 from hieros.agent.world_model import build_dynamics
 from hieros.config import level_reward_weights
+from hieros.nets.distributions import one_hot
 from hieros.sequence_models.base import State
 
 ActingState = dict[str, Any]
@@ -252,7 +253,7 @@ class Hierarchy(nn.Module):
         if mode == "random":
             latents, classes = ac.action_shape
             choice = torch.randint(classes, (latent["deter"].shape[0], latents), device=latent["deter"].device)
-            return nn.functional.one_hot(choice, classes).float().flatten(1)
+            return one_hot(choice, classes).flatten(1)
         inputs = level.policy_inputs(latent, level.goal_input(goal_code))
         return ac.act(inputs, greedy=mode == "greedy")
 

@@ -203,10 +203,10 @@ def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: in
             ):
                 u = norm(h)
                 step = torch.exp(layer.log_step).expand(starts, -1)
-                lambda_bar = torch.exp(layer.Lambda * step)
-                b_bar = ((lambda_bar - 1) / layer.Lambda)[..., None] * layer.B_tilde
+                lambda_bar = torch.exp(layer.eigenvalues * step)
+                b_bar = ((lambda_bar - 1) / layer.eigenvalues)[..., None] * layer.B_tilde
                 x = lambda_bar * state + torch.bmm(b_bar, u.to(torch.complex64)[..., None])[..., 0]
-                y = (x @ layer.C.T).real + layer.D * u
+                y = (x @ layer.C_tilde.T).real + layer.D * u
                 h = torch.nn.functional.gelu(linear(y)) + h
             h = h + block.norm_3(h)
 

@@ -21,6 +21,17 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x
 
 
+def one_hot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot vectors (..., classes) of integer ``index`` (...) without a host sync.
+
+    ``F.one_hot`` reads ``index.min()``/``index.max()`` back to the host to validate them (two device-to-host syncs per
+    call on CPU, one on CUDA); a scatter into zeros gives the same tensor and keeps the update free of syncs (issue 14).
+    Out-of-range indices are not checked here; every caller draws them from a distribution with ``classes`` outcomes.
+    """
+    out = torch.zeros(*index.shape, classes, dtype=dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1).long(), 1)
+
+
 def symlog(x: Tensor) -> Tensor:
     """sign(x) · ln(1 + |x|)."""
     x = _at_least_float32(x)
@@ -53,8 +64,9 @@ def twohot_encode(x_symlog: Tensor, bins: Tensor) -> Tensor:
     """
     if bins.ndim != 1:
         raise ValueError(f"bins must be 1-D (K,), got shape {tuple(bins.shape)}")
-    x = _at_least_float32(x_symlog).clamp(float(bins[0]), float(bins[-1]))
+    x = _at_least_float32(x_symlog)
     bins = bins.to(device=x.device, dtype=x.dtype)
+    x = x.clamp(bins[0], bins[-1])  # tensor bounds: no host sync
     num_bins = bins.shape[0]
     below = (torch.searchsorted(bins, x.detach().contiguous(), right=True) - 1).clamp(0, num_bins - 2)
     low, high = bins[below], bins[below + 1]
@@ -140,18 +152,16 @@ class OneHotCategorical:
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         flat = self.probs.detach().reshape(-1, self.probs.shape[-1])
         index = torch.multinomial(flat, 1, generator=generator).reshape(self.probs.shape[:-1])
-        onehot = F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype)
-        return self._straight_through(onehot)
+        return self._straight_through(one_hot(index, self.probs.shape[-1], self.probs.dtype))
 
     def mode(self) -> Tensor:
-        onehot = F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)
-        return self._straight_through(onehot)
+        return self._straight_through(one_hot(self.probs.argmax(-1), self.probs.shape[-1], self.probs.dtype))
 
     def log_prob(self, onehot: Tensor) -> Tensor:
         if onehot.shape[-1] != self.logits.shape[-1]:
             raise ValueError(
                 f"OneHotCategorical.log_prob expects one-hot vectors with {self.logits.shape[-1]} classes in the "
-                f"last dim, got shape {tuple(onehot.shape)}; convert indices with F.one_hot first"
+                f"last dim, got shape {tuple(onehot.shape)}; convert indices with hieros.nets.distributions.one_hot first"
             )
         return (onehot * self.logits).sum(-1)
 

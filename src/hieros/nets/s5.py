@@ -6,7 +6,10 @@ S5 layer (Smith et al. 2023) with the reset of Lu et al. (2023), per layer with 
     x_t = Λ̄ ⊙ x_{t−1} · (1 − reset_t) + B̄ u_t,   x_{−1} = 0
     y_t = Re(C̃ x_t) + D ⊙ u_t
 
-Λ (P,), C̃ (H, P) are complex64 parameters, B̃ is stored as a real (P, H, 2) tensor, D (H,) and log_step (P,)
+Λ (P,), B̃ (P, H) and C̃ (H, P) are complex; each is stored as a real parameter with a trailing (real, imaginary)
+axis — ``Lambda`` (P, 2), ``B`` (P, H, 2), ``C`` (H, P, 2) — so that the fused AdamW kernel, which takes no complex
+tensors, can train them (issue 14; Adam on a complex tensor is Adam on its real view, so the update is the same).
+Checkpoints written with complex64 ``Lambda``/``C`` load unchanged (converted on load). D (H,) and log_step (P,)
 are real. All P eigenvalues are kept (no conjugate-pair halving, no factor 2). ``reset_t`` means "start from a
 zero state before step t": x_t = B̄ u_t. The layer computes in float32/complex64 even under ``torch.autocast``.
 
@@ -163,6 +166,11 @@ def resettable_scan(lambda_bar: Tensor, bu: Tensor, reset: Tensor, initial_state
 # ----------------------------------------------------------------------------- S5 layer
 
 
+def _real_view(value: Tensor) -> Tensor:
+    """A complex tensor (...) as a contiguous float32 tensor (..., 2) of (real, imaginary) parts."""
+    return torch.view_as_real(value.to(torch.complex64)).contiguous()
+
+
 class S5Layer(nn.Module):
     """Resettable S5 SSM with J HiPPO-N blocks (spec §3.3). u (B, T, H) real → y (B, T, H), x (B, T, P)."""
 
@@ -196,17 +204,35 @@ class S5Layer(nn.Module):
         b_tilde = eigvecs_inv_big @ b0.to(torch.complex128)  # B̃ = V⁻¹ B₀ (P, H)
         c_tilde = torch.complex(c0_re, c0_im) @ eigvecs_big  # C̃ = C₀ V (H, P)
 
-        self.Lambda = nn.Parameter(lambda_block.repeat(blocks).to(torch.complex64))
-        self.B = nn.Parameter(torch.view_as_real(b_tilde).to(torch.float32).contiguous())
-        self.C = nn.Parameter(c_tilde.to(torch.complex64))
+        self.Lambda = nn.Parameter(_real_view(lambda_block.repeat(blocks)))
+        self.B = nn.Parameter(_real_view(b_tilde))
+        self.C = nn.Parameter(_real_view(c_tilde))
         self.D = nn.Parameter(torch.rand(d_model, generator=generator))
         log_low, log_high = math.log(dt_min), math.log(dt_max)
         self.log_step = nn.Parameter(log_low + (log_high - log_low) * torch.rand(state_size, generator=generator))
 
     @property
+    def eigenvalues(self) -> Tensor:
+        """Λ as a complex (P,) view of the real (P, 2) parameter ``Lambda``."""
+        return torch.view_as_complex(self.Lambda)
+
+    @property
     def B_tilde(self) -> Tensor:  # noqa: N802 (the paper's symbol)
         """B̃ as a complex (P, H) view of the real (P, H, 2) parameter."""
         return torch.view_as_complex(self.B)
+
+    @property
+    def C_tilde(self) -> Tensor:  # noqa: N802 (the paper's symbol)
+        """C̃ as a complex (H, P) view of the real (H, P, 2) parameter."""
+        return torch.view_as_complex(self.C)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints from before issue 14 hold Λ and C̃ as complex64 tensors: take their real views.
+        for name in ("Lambda", "C"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.is_complex():
+                state_dict[prefix + name] = torch.view_as_real(value).contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, state_size={self.state_size}, blocks={self.blocks}"
@@ -218,9 +244,11 @@ class S5Layer(nn.Module):
         """ZOH: (Λ̄ (P,), B̄ (P, H)) complex64. Compute once and pass to :meth:`step` for a whole rollout."""
         with torch.autocast(self.C.device.type, enabled=False):
             step = torch.exp(self.log_step.float())
-            lambda_bar = torch.exp(self.Lambda * step)
-            b_bar = ((lambda_bar - 1.0) / self.Lambda)[:, None] * self.B_tilde
-            output_weight = torch.stack([self.C.real, -self.C.imag], -1).reshape(self.d_model, 2 * self.state_size)
+            eigenvalues = self.eigenvalues
+            lambda_bar = torch.exp(eigenvalues * step)
+            b_bar = ((lambda_bar - 1.0) / eigenvalues)[:, None] * self.B_tilde
+            # Re(C̃ x) = C_re·x_re − C_im·x_im: interleaved (H, 2P) weights for [x_re, x_im] pairs
+            output_weight = (self.C * self.C.new_tensor([1.0, -1.0])).reshape(self.d_model, 2 * self.state_size)
             return Discretization(lambda_bar, b_bar, output_weight)
 
     def _prepare(self, discretized: Discretized | None) -> Discretization:
