@@ -1,4 +1,6 @@
-"""Shared test setup: the ``slurm`` marker (skipped unless a SLURM cluster answers) and small helpers."""
+"""Shared test setup: the ``slurm`` marker (skipped unless a SLURM cluster answers), small helpers and the fixtures
+several modules use (``registry``, ``single_thread``, ``mode_sampling``). Plain helper functions that test modules
+import are in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +10,12 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from hieros.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +91,35 @@ def run_python(
 def python_runner():
     """:func:`run_python` as a fixture, for tests that run ``python -m ...`` in a subprocess."""
     return run_python
+
+
+# ------------------------------------------------------------------------------ fixtures of the model tests
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    """The default registry (built-in components and plugins); modules that need another one define their own."""
+    from hieros.registry import Registry
+
+    return Registry.default()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run many small ops: one intra-op thread avoids OpenMP barrier stalls on a loaded machine.
+
+    Modules turn it on for all their tests with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mode_sampling(monkeypatch):
+    """z = mode instead of a sample in every code path (parallel observe, obs_step, img_step), so two computations
+    of the same window see the same z."""
+    from hieros.nets.distributions import OneHotCategorical
+
+    monkeypatch.setattr(OneHotCategorical, "sample", lambda self, generator=None: self.mode())

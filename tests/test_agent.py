@@ -7,24 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from helpers import config_composer, random_batch
 from hieros.agent.actor_critic import ActorCritic, lambda_returns
 from hieros.agent.hierarchy import Hierarchy
 from hieros.agent.subgoal import SubgoalAutoencoder, subgoal_reward
 from hieros.config import level_reward_weights
-from hieros.registry import Registry
 
-
-def compose_config(*overrides: str):
-    with initialize_config_module(version_base="1.3", config_module="hieros.conf"):
-        return compose("config", overrides=["model=tiny", "env=gym", *overrides])
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.default()
+compose_config = config_composer("model=tiny", "env=gym")  # fixture registry: conftest.py
 
 
 # ------------------------------------------------------------------ formulas
@@ -260,20 +251,9 @@ def test_every_depth_trains_each_level(registry, layers, tmp_path):
     fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     rng = np.random.default_rng(0)
     for level in hierarchy.levels:
-        batch = {}
-        for key, (shape, dtype) in hierarchy.replay_specs()[level.level].items():
-            if dtype == np.uint8 and key == "goal_code":
-                value = np.eye(shape[-1], dtype=np.uint8)[rng.integers(shape[-1], size=(4, 8, shape[0]))]
-            elif dtype == np.dtype(bool):
-                value = np.zeros((4, 8), bool)
-            else:
-                value = rng.normal(size=(4, 8, *shape)).astype(dtype)
-            batch[key] = value
-        batch["is_first"][:, 0] = True
+        batch = random_batch(hierarchy, level.level, rng, batch=4)
         before = [p.detach().clone() for p in level.parameters()]
-        metrics, _, _ = level.train_step(
-            Hierarchy.to_tensors(batch, torch.device("cpu")), level.make_optimizers(), fabric
-        )
+        metrics, _, _ = level.train_step(batch, level.make_optimizers(), fabric)
         assert all(np.isfinite(float(v)) for v in metrics.values())
         changed = sum(not torch.equal(a, b) for a, b in zip(before, level.parameters()))
         assert changed > 0
@@ -399,3 +379,18 @@ def test_goal_schedule_follows_the_data_within_the_episode_or_holds():
     torch.testing.assert_close(data, expected)
     hold = goal_schedule(goal_code, is_first, starts, horizon, hold=True)[..., 0, 0]
     torch.testing.assert_close(hold, goal_code[..., 0, 0].flatten()[starts].expand(horizon, -1))
+
+
+def test_percentile_normalizer_takes_the_first_percentiles_then_an_ema():
+    from hieros.agent.actor_critic import PercentileNormalizer
+
+    normalizer = PercentileNormalizer(decay=0.9)
+    first, second = torch.linspace(0.0, 10.0, 101), torch.linspace(-5.0, 25.0, 101)
+    normalizer.update(first)
+    assert normalizer.lo.item() == pytest.approx(0.5) and normalizer.hi.item() == pytest.approx(9.5)
+    normalizer.update(second)
+    assert normalizer.lo.item() == pytest.approx(0.9 * 0.5 + 0.1 * -3.5, rel=1e-5)
+    assert normalizer.hi.item() == pytest.approx(0.9 * 9.5 + 0.1 * 23.5, rel=1e-5)
+    assert normalizer.scale().item() == pytest.approx(normalizer.hi.item() - normalizer.lo.item())
+    normalizer.lo.fill_(0.0), normalizer.hi.fill_(0.5)
+    assert normalizer.scale().item() == 1.0  # max(1, P95 - P5)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from lightning.fabric import Fabric
 
+from helpers import config_composer
 from hieros.registry import Registry
 from hieros.training.checkpoint import (
     CheckpointDir,
@@ -53,9 +53,7 @@ RUN = [
 ]
 
 
-def compose_config(*overrides: str):
-    with initialize_config_module("hieros.conf", version_base="1.3"):
-        return compose("config", overrides=[*RUN, *overrides])
+compose_config = config_composer(*RUN)
 
 
 @pytest.fixture

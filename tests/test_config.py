@@ -23,11 +23,6 @@ EXPERIMENT_GROUP = "experiment"  # an overlay group, not in the defaults list: s
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.default()
-
-
-@pytest.fixture(scope="module")
 def hydra_compose() -> Iterator[Any]:
     """``compose(*overrides)`` with the installed package's config (the same root ``python -m hieros`` uses)."""
     with initialize_config_module(config_module="hieros.conf", version_base="1.3"):

@@ -50,11 +50,6 @@ ABLATIONS: dict[str, tuple[str, list[str], str, set[str] | str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.default()
-
-
 @pytest.fixture
 def hydra_compose() -> Iterator[Any]:
     with initialize_config_module(config_module="hieros.conf", version_base="1.3"):
@@ -278,7 +273,7 @@ def _agent_and_envs(hydra_compose: Any, registry: Registry, num_envs: int, *over
 def test_eval_max_steps_caps_an_atari_episode_at_its_partial_return(hydra_compose: Any, registry: Registry) -> None:
     import torch
 
-    from hieros.training.loop import run_episodes
+    from hieros.training.evaluation import run_episodes
 
     agent, envs = _agent_and_envs(hydra_compose, registry, 1, "env.game=pong")
     steps: list[int] = []
@@ -305,7 +300,7 @@ def test_eval_max_steps_counts_natural_and_capped_episodes(hydra_compose: Any, r
     Two envs: a capped env idles until the other is capped or done, then both restart."""
     import torch
 
-    from hieros.training.loop import run_episodes
+    from hieros.training.evaluation import run_episodes
 
     torch.manual_seed(0)  # the agent's initial weights and its sampled actions
     agent, envs = _agent_and_envs(hydra_compose, registry, 2, "env=gym", "hierarchy.layers=1")

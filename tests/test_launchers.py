@@ -25,8 +25,9 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
+from hieros.training.mlflow_mirror import MlflowTracker
+from hieros.training.run_tags import read_sweep_parent
 from hieros.training.sweep import MlflowSweepCallback
-from hieros.training.tracking import MlflowTracker, read_sweep_parent
 
 PRESETS = {"slurm_a100": SlurmQueueConf, "slurm_cpu": SlurmQueueConf, "local": LocalQueueConf}
 SITE_ENV = (

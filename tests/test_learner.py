@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from lightning.fabric import Fabric
 from omegaconf import OmegaConf
 
+from helpers import random_batch
 from hieros.agent.hierarchy import Hierarchy
 from hieros.agent.learner import Learner
 from hieros.registry import Registry
@@ -21,20 +22,6 @@ def make_learner(*overrides: str, warmup: int = 4) -> Learner:
         cfg = compose("config", overrides=["model=tiny", "env=gym", "hierarchy.layers=3", "hierarchy.k=2", *overrides])
     agent = Hierarchy(OmegaConf.to_container(cfg, resolve=True), Registry.default(), {"vector": (4,)}, 2)
     return Learner(agent, warmup_steps=warmup)
-
-
-def random_batch(agent: Hierarchy, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    batch = {}
-    for key, (shape, dtype) in agent.replay_specs()[index].items():
-        if key == "goal_code":
-            value = np.eye(shape[-1], dtype=np.uint8)[rng.integers(shape[-1], size=(2, 8, shape[0]))]
-        elif dtype == np.dtype(bool):
-            value = np.zeros((2, 8), bool)
-        else:
-            value = rng.normal(size=(2, 8, *shape)).astype(dtype)
-        batch[key] = value
-    batch["is_first"][:, 0] = True
-    return Hierarchy.to_tensors(batch, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,14 @@ import pytest
 import scipy.stats
 import yaml
 
-from hieros.report import build_report, main
-from hieros.report import data as rd
+from hieros.report import build_report, load
 from hieros.report import scores as sc
+from hieros.report.checks import check_sweep
+from hieros.report.cli import main
+from hieros.report.flat_config import parse_param
+from hieros.report.loading_dirs import expected_jobs, load_sweep_dir
+from hieros.report.records import RunRecord, Sweep
+from hieros.report.variants import assign_variants
 
 REPS = 400  # bootstrap replicates in tests (the CLI default is 50000)
 
@@ -308,7 +313,7 @@ def test_table1_reproduction_from_published_per_game_scores():
 
 # --------------------------------------------------------------------------- loaders
 def test_sweep_dir_loader_reports_crash_and_missing_seed(sweep_dir: Path):
-    sweep = rd.load(sweep_dir)
+    sweep = load(sweep_dir)
     assert len(sweep.records) == 11  # 12 jobs, one never launched
     assert sweep.variant_keys == ["hierarchy.layers"]
     assert sweep.baseline == "hierarchy.layers=3"  # agrees with multirun.yaml's master config
@@ -328,7 +333,7 @@ def test_sweep_dir_loader_reports_crash_and_missing_seed(sweep_dir: Path):
     assert "time" not in record.curves
     assert record.curves["train/level2/imag_subgoal_reward"].values.shape == (10,)
 
-    problems = rd.check_sweep(sweep, reference=sc.load_reference())
+    problems = check_sweep(sweep, reference=sc.load_reference())
     kinds = {(p.kind, p.game, p.seed) for p in problems}
     assert ("crashed or unfinished", "krull", 1) in kinds
     assert ("missing seed", "breakout", 2) in kinds
@@ -338,12 +343,12 @@ def test_sweep_dir_loader_reports_crash_and_missing_seed(sweep_dir: Path):
 
 def test_expected_jobs_of_a_basic_sweep():
     master = {"hydra.overrides.task": ["env=gym", "hierarchy.layers=1,2", "seed=0,1,2"]}
-    assert rd.expected_jobs(master) == 6
+    assert expected_jobs(master) == 6
     in_file_grid = {"hydra.sweeper.params.env.game": "krull,breakout", **master}  # an experiment file's grid
-    assert rd.expected_jobs(in_file_grid) == 12
+    assert expected_jobs(in_file_grid) == 12
     # the command line beats the file for the same key, as in Hydra
-    assert rd.expected_jobs({"hydra.sweeper.params.seed": "0,1", **master}) == 6
-    assert rd.expected_jobs({"hydra.overrides.task": ["seed=range(3)"]}) is None
+    assert expected_jobs({"hydra.sweeper.params.seed": "0,1", **master}) == 6
+    assert expected_jobs({"hydra.overrides.task": ["seed=range(3)"]}) is None
 
 
 def test_loader_reports_unknown_game_gym_env_and_broken_files(tmp_path: Path):
@@ -355,9 +360,9 @@ def test_loader_reports_unknown_game_gym_env_and_broken_files(tmp_path: Path):
     (sweep_dir / "3" / "scores.json").write_text("{not json")
     with open(sweep_dir / "0" / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 12')  # a line cut off by a crash
-    sweep = rd.load(sweep_dir)
+    sweep = load(sweep_dir)
     assert len(sweep.records) == 4
-    problems = rd.check_sweep(sweep, reference=sc.load_reference())
+    problems = check_sweep(sweep, reference=sc.load_reference())
     details = [(p.kind, p.game, p.detail) for p in problems]
     assert ("unknown game", "montezuma", "'montezuma' is not one of the 26 Atari100k games") in details
     assert any(kind == "no human score" and game == "gym:CartPole-v1" for kind, game, _ in details)
@@ -367,17 +372,17 @@ def test_loader_reports_unknown_game_gym_env_and_broken_files(tmp_path: Path):
 
 
 def test_variant_detection_merges_keys_and_prefers_named_ones():
-    def record(run: str, **config) -> rd.RunRecord:
+    def record(run: str, **config) -> RunRecord:
         base = {"env.name": "atari100k", "env.game": "pong", "seed": 0, "paths.root": f"/x/{run}"}
-        return rd.RunRecord(run=run, location=run, config={**base, **config}, status="finished")
+        return RunRecord(run=run, location=run, config={**base, **config}, status="finished")
 
     records = [
         record("a", **{"model.seq_blocks": 4, "sequence_model.num_blocks": 4, "sampler.name": "etbs"}),
         record("b", **{"model.seq_blocks": 2, "sequence_model.num_blocks": 2, "sampler.name": "etbs"}),
         record("c", **{"model.seq_blocks": 4, "sequence_model.num_blocks": 4, "sampler.name": "uniform"}),
     ]
-    sweep = rd.Sweep("test", "directory", records)
-    rd.assign_variants(sweep, defaults={"model.seq_blocks": 4, "sampler.name": "etbs"})
+    sweep = Sweep("test", "directory", records)
+    assign_variants(sweep, defaults={"model.seq_blocks": 4, "sampler.name": "etbs"})
     assert sweep.variant_keys == ["sampler.name", "model.seq_blocks"]  # paths.* ignored, num_blocks merged
     assert [r.variant for r in records] == [
         "sampler.name=etbs, model.seq_blocks=4",
@@ -385,11 +390,11 @@ def test_variant_detection_merges_keys_and_prefers_named_ones():
         "sampler.name=uniform, model.seq_blocks=4",
     ]
     assert sweep.baseline == "sampler.name=etbs, model.seq_blocks=4"
-    rd.assign_variants(sweep, baseline="sampler.name=uniform")
+    assign_variants(sweep, baseline="sampler.name=uniform")
     assert sweep.baseline == "sampler.name=uniform, model.seq_blocks=4"
     # MLflow params are strings
-    assert rd.parse_param("3") == 3 and rd.parse_param("True") is True and rd.parse_param("None") is None
-    assert rd.parse_param("['sampled', 'greedy']") == ["sampled", "greedy"] and rd.parse_param("etbs") == "etbs"
+    assert parse_param("3") == 3 and parse_param("True") is True and parse_param("None") is None
+    assert parse_param("['sampled', 'greedy']") == ["sampled", "greedy"] and parse_param("etbs") == "etbs"
 
 
 def _populate_mlflow(uri: str, sweep_dir: Path) -> str:
@@ -401,7 +406,7 @@ def _populate_mlflow(uri: str, sweep_dir: Path) -> str:
     client = MlflowClient(uri)
     experiment = client.create_experiment("smoke_depth", artifact_location=(sweep_dir.parent / "mlartifacts").as_uri())
     parent = client.create_run(experiment, run_name="2026-01-01_00-00-00", tags={"sweep_dir": str(sweep_dir)})
-    for record in rd.load_sweep_dir(sweep_dir).records:
+    for record in load_sweep_dir(sweep_dir).records:
         child = client.create_run(experiment, run_name=record.run, tags={"mlflow.parentRunId": parent.info.run_id})
         run_id = child.info.run_id
         params = [Param(key, str(value)) for key, value in record.config.items()]
@@ -433,9 +438,9 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, sweep_dir: Path) -> t
 
 def test_mlflow_loader_matches_directory_loader(mlflow_store, sweep_dir: Path):
     uri, parent_id = mlflow_store
-    from_dir = rd.load(sweep_dir)
+    from_dir = load(sweep_dir)
     for source in ("smoke_depth", parent_id):
-        sweep = rd.load(source, tracking_uri=uri)
+        sweep = load(source, tracking_uri=uri)
         assert sweep.kind == "mlflow" and sweep.parent_run_id == parent_id
         assert len(sweep.records) == len(from_dir.records) == 11
         assert sweep.variant_keys == ["hierarchy.layers"]
@@ -448,7 +453,7 @@ def test_mlflow_loader_matches_directory_loader(mlflow_store, sweep_dir: Path):
             np.testing.assert_allclose(got.curves["episode/score"].values, expected.curves["episode/score"].values)
         assert {m.kind for r in sweep.records for m in r.media} == {"imagination", "subgoals"}
     with pytest.raises(ValueError, match="not a directory, an MLflow experiment name or a run id"):
-        rd.load("no_such_experiment", tracking_uri=uri)
+        load("no_such_experiment", tracking_uri=uri)
 
 
 def test_mlflow_loader_tolerates_missing_artifacts_and_metrics(mlflow_store, tmp_path: Path):
@@ -463,11 +468,11 @@ def test_mlflow_loader_tolerates_missing_artifacts_and_metrics(mlflow_store, tmp
     client.log_param(child.info.run_id, "env.game", "pong")
     orphan = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})  # no params at all
     client.set_terminated(orphan.info.run_id, "KILLED")
-    sweep = rd.load("bare", tracking_uri=uri)
+    sweep = load("bare", tracking_uri=uri)
     assert len(sweep.records) == 2
     statuses = sorted(r.status for r in sweep.records)
     assert statuses == ["crashed", "running"]
-    problems = rd.check_sweep(sweep)
+    problems = check_sweep(sweep)
     assert any(p.kind == "unreadable data" and "no params" in p.detail for p in problems)
     assert sum(p.kind in ("running", "crashed") for p in problems) == 2
 
@@ -528,8 +533,7 @@ def test_report_from_sweep_dir(sweep_dir: Path, tmp_path: Path):
 
 
 def test_etbs_counts_simulated_or_read_from_figure13(tmp_path: Path):
-    from hieros.replay import figure13
-    from hieros.report import etbs_counts
+    from hieros.report import etbs_counts, figure13
 
     simulated, origin = etbs_counts(size=120, seeds=2)
     assert "simulated" in origin and "uniform" in simulated and "etbs tau=0.3" in simulated
@@ -647,7 +651,7 @@ def test_reward_curves_legend_survives_a_game_without_episodes(tmp_path: Path):
             lines = [json.loads(line) for line in metrics.read_text().splitlines()]
             lines = [{k: v for k, v in line.items() if k != "episode/score"} for line in lines]
             metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    sweep = rd.load(sweep_root)
+    sweep = load(sweep_root)
     figure = figures.reward_curves(sweep)
     first, second = figure.axes[:2]
     assert first.get_title() == "breakout" and first.get_legend() is not None

@@ -233,7 +233,9 @@ def test_hippo_n_initialisation_facts() -> None:
     lam = layer.eigenvalues.detach()
     # complex parameters are stored as real (..., 2) views (fused AdamW takes no complex tensors)
     assert all(not p.is_complex() and p.dtype == torch.float32 for p in layer.parameters())
-    assert layer.Lambda.shape == (state, 2) and layer.B.shape == (state, hidden, 2) and layer.C.shape == (hidden, state, 2)
+    assert (
+        layer.Lambda.shape == (state, 2) and layer.B.shape == (state, hidden, 2) and layer.C.shape == (hidden, state, 2)
+    )
     assert layer.eigenvalues.dtype == torch.complex64 and layer.C_tilde.shape == (hidden, state)
     assert layer.D.shape == (hidden,) and layer.log_step.shape == (state,)
     torch.testing.assert_close(lam.real, torch.full((state,), -0.5))
@@ -340,7 +342,10 @@ def test_checkpoint_with_complex_parameters_and_adam_moments_loads(gen: torch.Ge
     old.Lambda = torch.nn.Parameter(layer.eigenvalues.detach().clone())
     old.C = torch.nn.Parameter(layer.C_tilde.detach().clone())
     old.B = torch.nn.Parameter(layer.B.detach().clone())
-    old.D, old.log_step = torch.nn.Parameter(layer.D.detach().clone()), torch.nn.Parameter(layer.log_step.detach().clone())
+    old.D, old.log_step = (
+        torch.nn.Parameter(layer.D.detach().clone()),
+        torch.nn.Parameter(layer.log_step.detach().clone()),
+    )
 
     def old_output(module: S5Layer) -> torch.Tensor:  # the layer's output, written for either layout
         step = torch.exp(module.log_step)

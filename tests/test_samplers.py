@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hieros.registry import Registry, RegistryError
-from hieros.replay.figure13 import decile_means, main, simulate
+from hieros.report.figure13 import decile_means, main, simulate
 from hieros.samplers import Sampler
 from hieros.samplers.etbs import EfficientTimeBalanced, index_map, index_probabilities, skewed_cdf, skewed_density
 from hieros.samplers.etbs_original import EfficientTimeBalancedOriginal

@@ -7,13 +7,10 @@ replacing the categorical sample with its mode, so the parallel and the recurren
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
+from helpers import config_composer
 from hieros.agent import world_model
 from hieros.nets.distributions import OneHotCategorical, symlog
 from hieros.registry import Registry
@@ -24,26 +21,9 @@ EMBED_DIM, ACTION_DIM = 24, 5
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
-@functools.cache
-def compose_config(*overrides: str):
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=list(overrides))
-    with initialize_config_module(version_base="1.3", config_module="hieros.conf"):
-        return compose("config", overrides=list(overrides))
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixtures registry, single_thread, mode_sampling: conftest.py
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.default()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one intra-op thread avoids OpenMP barrier stalls on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+compose_config = config_composer(cache=True)
 
 
 def build_dynamics(registry: Registry, name: str, *overrides: str, seed: int = 0) -> LatentDynamics:
@@ -51,12 +31,6 @@ def build_dynamics(registry: Registry, name: str, *overrides: str, seed: int = 0
     cfg = compose_config(f"sequence_model={name}", "model=tiny", *overrides)
     torch.manual_seed(seed)
     return world_model.build_dynamics(registry, cfg, EMBED_DIM, ACTION_DIM).eval()
-
-
-@pytest.fixture
-def mode_sampling(monkeypatch):
-    """z = mode instead of a sample, in every code path (parallel observe, obs_step, img_step)."""
-    monkeypatch.setattr(OneHotCategorical, "sample", lambda self, generator=None: self.mode())
 
 
 def window(batch: int, length: int, seed: int = 0, resets: dict[int, int] | None = None):

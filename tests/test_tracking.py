@@ -15,19 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
 
+from helpers import config_composer
 from hieros.mappings import flatten
 from hieros.registry import Registry
-from hieros.training.tracking import (
-    MAX_PARAM_VALUE,
-    MetricsFile,
-    MlflowTracker,
-    TrackingUnreachableError,
-    flat_params,
-    resolve_tracking_uri,
-)
+from hieros.training.metrics_file import MetricsFile
+from hieros.training.mlflow_mirror import MlflowTracker
+from hieros.training.mlflow_store import MAX_PARAM_VALUE, resolve_tracking_uri
+from hieros.training.run_tags import flat_params
+from hieros.training.tracking import TrackingUnreachableError
 
 # MinAtar breakout at 16x16 (images: imagination and subgoal videos), tiny model, two levels, few updates.
 RUN = [
@@ -54,9 +51,7 @@ RUN = [
 ]
 
 
-def compose_config(*overrides: str):
-    with initialize_config_module("hieros.conf", version_base="1.3"):
-        return compose("config", overrides=[*RUN, *overrides])
+compose_config = config_composer(*RUN)
 
 
 @pytest.fixture
@@ -177,7 +172,7 @@ def test_mirror_resumes_from_its_offset_and_reattaches_to_one_run(tmp_path, monk
 def test_a_resume_that_discards_sent_points_marks_them_stale(tmp_path, monkeypatch):
     """kill -9 after a metric sync, resume from an older checkpoint: MLflow keeps the discarded points, the run's
     ``hieros.rewinds`` tag marks them, and filtering by it leaves one value per step, the kept ones."""
-    from hieros.training.tracking import is_stale, stale_ranges
+    from hieros.training.mlflow_store import is_stale, stale_ranges
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -376,7 +371,7 @@ def _probe_after_barrier(uri: str, barrier) -> str | None:
     import mlflow.tracking  # noqa: F401 - import before the barrier so that the processes reach the store together
 
     barrier.wait(timeout=120)
-    from hieros.training.tracking import probe
+    from hieros.training.mlflow_store import probe
 
     return probe(uri)
 

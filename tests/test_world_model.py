@@ -7,17 +7,15 @@ The training test uses a real replay of MinAtar Breakout frames collected with r
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from torch.nn import functional as F
 
+from helpers import config_composer
 from hieros.agent.world_model import WorldModel, build_world_model
-from hieros.nets.distributions import OneHotCategorical, twohot_encode
+from hieros.nets.distributions import twohot_encode
+from hieros.nets.s5 import S5Layer
 from hieros.registry import Registry
 
 MODELS = ("s5", "rssm", "gru")
@@ -25,32 +23,9 @@ ATARI_ACTIONS = 18
 REPLAY_STEPS, IMAGE_SIZE = 400, 32
 
 
-@functools.cache
-def compose_config(*overrides: str):
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=list(overrides))
-    with initialize_config_module(version_base="1.3", config_module="hieros.conf"):
-        return compose("config", overrides=list(overrides))
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixtures registry, single_thread, mode_sampling: conftest.py
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.default()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one intra-op thread avoids OpenMP barrier stalls on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def mode_sampling(monkeypatch):
-    """z = mode instead of a sample everywhere, so two computations of the same window see the same z."""
-    monkeypatch.setattr(OneHotCategorical, "sample", lambda self, generator=None: self.mode())
+compose_config = config_composer(cache=True)
 
 
 def make_world_model(
@@ -63,7 +38,11 @@ def make_world_model(
 
 
 def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())  # complex parameters count once, as in spec section 2
+    """Parameters as spec section 2 counts them: the original's complex Λ and C̃ count once per complex entry (here
+    they are stored as real (..., 2) views for the fused optimizer); B̃ was a real (P, H, 2) tensor there too."""
+    total = sum(p.numel() for p in module.parameters())
+    layers = [m for m in module.modules() if isinstance(m, S5Layer)]
+    return total - sum((layer.Lambda.numel() + layer.C.numel()) // 2 for layer in layers)
 
 
 def breakdown(world_model: WorldModel) -> str:

@@ -96,9 +96,10 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     from hieros.agent.hierarchy import Hierarchy
+    from hieros.envs.seeding import CHECKPOINT_EVAL_SEED_OFFSET
     from hieros.envs.vector import make_vector_env
     from hieros.registry import Registry
-    from hieros.training.loop import run_episodes
+    from hieros.training.evaluation import run_episodes
     from hieros.training.media import write_video
 
     path, payload = find_checkpoint(Path(args["checkpoint"]).expanduser().resolve())
@@ -108,7 +109,7 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
         "cuda" if args["device"] == "cuda" or (args["device"] == "auto" and torch.cuda.is_available()) else "cpu"
     )
     registry = Registry.default()
-    seed = int(args["seed"]) if args["seed"] is not None else int(config["seed"]) + 300_000
+    seed = int(args["seed"]) if args["seed"] is not None else int(config["seed"]) + CHECKPOINT_EVAL_SEED_OFFSET
     envs = make_vector_env(registry, config["env"], 1, seed=seed)
     try:
         obs_shapes = {key: tuple(space.shape) for key, space in envs.observation_space.spaces.items()}
@@ -168,7 +169,7 @@ def log_to_mlflow(
     """Log the evaluation to the checkpoint's MLflow run (or a new run); returns where it went, or why not."""
     import os
 
-    from hieros.training.tracking import get_or_create_experiment, probe, resolve_tracking_uri
+    from hieros.training.mlflow_store import get_or_create_experiment, probe, resolve_tracking_uri
 
     config = payload["config"]
     recorded = payload.get("mlflow", {}) or {}

@@ -56,13 +56,13 @@ class PercentileNormalizer(nn.Module):
     def update(self, returns: Tensor) -> None:
         flat = returns.detach().float().flatten()
         lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
-        if not bool(self.initialized):
-            self.lo.copy_(lo)
-            self.hi.copy_(hi)
-            self.initialized.fill_(True)
-        else:
-            self.lo.mul_(self.decay).add_((1 - self.decay) * lo)
-            self.hi.mul_(self.decay).add_((1 - self.decay) * hi)
+        # The first update takes the percentiles as they are, later ones the EMA; chosen on the device, not by a
+        # Python branch on ``initialized`` (a host sync per update, issue 14). Same values as the branch.
+        keep = torch.where(self.initialized, self.decay, 0.0)
+        take = torch.where(self.initialized, 1 - self.decay, 1.0)
+        self.lo.mul_(keep).add_(take * lo)
+        self.hi.mul_(keep).add_(take * hi)
+        self.initialized.fill_(True)
 
     def scale(self) -> Tensor:
         return torch.clamp(self.hi - self.lo, min=1.0)

@@ -17,6 +17,18 @@ Every environment step, for each environment (per-env counters, so parallel envs
    episode flags, the subgoal code in effect).
 4. **Train** (:meth:`hieros.agent.learner.Learner.train_step`): level 0 once per update; level i every k^i updates
    of level 0, each from its own replay, once that replay holds enough windows.
+
+Timeline for k = 2, three levels, one level-0 update per environment step, one episode from t = 0 (``o`` observes,
+acts and stores a replay row; ``u`` trains; the loop calls :meth:`Hierarchy.act` then ``Learner.train_step`` per
+step)::
+
+    env step t        0   1   2   3   4   5   6   7   8
+    level 0 acts      o   o   o   o   o   o   o   o   o    every step; its action goes to the environment
+    level 1 acts      o       o       o       o       o    every k = 2 steps (and at an episode end)
+    level 2 acts      o               o               o    every k^2 = 4 steps; its code is held below
+    level 0 trains    u   u   u   u   u   u   u   u   u    update u = 1, 2, 3, ... (as the train ratio says)
+    level 1 trains        u       u       u       u        when u % k == 0
+    level 2 trains                u               u        when u % k^2 == 0
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ import torch
 from torch import Tensor, nn
 
 from hieros.agent.subactor import Subactor
-from hieros.agent.subgoal import subgoal_reward
 from hieros.agent.world_model import build_dynamics
 from hieros.config import level_reward_weights
 from hieros.nets.distributions import one_hot
@@ -182,10 +193,7 @@ class Hierarchy(nn.Module):
                 latent.pop("prior_logit", None)
             for key, value in latent.items():
                 entry["latent"][key][idx] = value
-            aggregate = self.cfg["hierarchy"]["extrinsic_aggregation"]
-            level_reward = entry["reward_sum"][idx]
-            if aggregate == "mean" and index > 0:
-                level_reward = level_reward / float(self.k**index)
+            level_reward = self._interval_reward(entry["reward_sum"][idx], self.k**index)
             entry["reward_sum"][idx] = 0.0
             rows[index] = {
                 **{key: value for key, value in obs_i.items()},
@@ -258,6 +266,11 @@ class Hierarchy(nn.Module):
         return ac.act(inputs, greedy=mode == "greedy")
 
     # --------------------------------------------------------------- training
+    def compile_updates(self, backend: str = "inductor") -> None:
+        """``training.compile``: compile every level's update computations (:meth:`Subactor.compile_updates`)."""
+        for level in self.levels:
+            level.compile_updates(backend)
+
     def level_due(self, level: int, level0_updates: int) -> bool:
         """Level i trains on every k^i-th update of level 0 (spec section 5.1)."""
         return level0_updates % (self.k**level) == 0
@@ -330,18 +343,18 @@ class Hierarchy(nn.Module):
         # the interval (t_{j-1}, t_j] of decision j: level-0 steps t_{j-1}+1 .. t_j
         interval_reward = torch.cat([reward[:1, 0], reward[:-1, 1:].sum(1) + reward[1:, 0]], 0)
         interval_cont = torch.cat([start_cont.unsqueeze(0), cont[:-1, 1:].prod(1) * cont[1:, 0]], 0)
-        if self.cfg["hierarchy"]["extrinsic_aggregation"] == "mean":
-            interval_reward = interval_reward / float(stride)
+        interval_reward = self._interval_reward(interval_reward, stride)
         deter = trajectory["deter"][: count * stride : stride]
         goal = torch.stack(goal_codes) if level.has_goal else None
-        rewards = {"extrinsic": interval_reward}
-        weights = level.actor_critic.reward_weights
-        if "subgoal" in weights:
-            decoded = level.autoencoder.decode(goal)
-            rewards["subgoal"] = subgoal_reward(decoded, deter, self.cfg["hierarchy"]["subgoal_reward"])
-        if "novelty" in weights:
-            rewards["novelty"] = level.autoencoder.novelty(deter, self.cfg["hierarchy"]["novelty_reward"])
+        rewards = {"extrinsic": interval_reward, **level.intrinsic_rewards(deter, goal)}
         return inputs, actions, rewards, interval_cont
+
+    def _interval_reward(self, reward_sum: Tensor, stride: int) -> Tensor:
+        """A level's extrinsic reward from the environment rewards summed over its interval of ``stride`` = k^i
+        steps: the sum, or the mean (``hierarchy.extrinsic_aggregation``)."""
+        if self.cfg["hierarchy"]["extrinsic_aggregation"] == "mean":
+            return reward_sum / float(stride)
+        return reward_sum
 
     @staticmethod
     def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@ autoencoder on the imagined h.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,12 +32,15 @@ def _complex_moments_as_real(optimizer: torch.optim.Optimizer, state_dict: dict)
     """Load hook for checkpoints from before issue 14: they hold Adam moments of the complex S5 parameters (now
     stored as real (..., 2) views, :mod:`hieros.nets.s5`) as complex tensors; Adam works on their real views, so
     the real view of each moment is exactly the state of the new parameter."""
+
     def as_real(value: Any) -> Any:
         return torch.view_as_real(value).contiguous() if isinstance(value, Tensor) and value.is_complex() else value
 
     # new dicts: the per-parameter dicts of ``Optimizer.state_dict()`` are the live state of the optimizer saved
-    state = {index: {key: as_real(value) for key, value in param_state.items()} for index, param_state in
-             state_dict.get("state", {}).items()}
+    state = {
+        index: {key: as_real(value) for key, value in param_state.items()}
+        for index, param_state in state_dict.get("state", {}).items()
+    }
     # and keep this optimizer's implementation (the old checkpoints say foreach=True, which is not fused)
     implementation = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
     groups = [{**group, **implementation} for group in state_dict.get("param_groups", [])]
@@ -94,6 +97,25 @@ class Subactor(nn.Module):
         self.autoencoder = SubgoalAutoencoder(deter, ae_cfg)
         self.hierarchy_cfg = cfg["hierarchy"]
         self.needs_decoder = needs_decoder
+        self.update_fns = self._update_functions()
+
+    def _update_functions(self) -> dict[str, Callable]:
+        """The pure computations of :meth:`train_step` (no optimizer step inside), compiled or not."""
+        return {
+            "world_model_loss": self.world_model.loss,
+            "imagine": self.imagine,
+            "actor_critic_losses": self.actor_critic.losses,
+            "autoencoder_loss": self.autoencoder.loss,
+        }
+
+    def compile_updates(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the pure computations of :meth:`train_step` as whole graphs (``fullgraph=True``: a
+        graph break is an error, not a silent fallback) with static shapes; the backward passes and the fused
+        optimizer steps run outside them. ``backend="eager"`` only traces (a check for graph breaks)."""
+        self.update_fns = {
+            name: torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+            for name, fn in self._update_functions().items()
+        }
 
     @property
     def needs_autoencoder(self) -> bool:
@@ -189,7 +211,7 @@ class Subactor(nn.Module):
         used (N, ...), their continue flags from the data (N,))."""
         metrics: dict[str, Tensor] = {}
         with fabric.autocast():
-            wm_loss, post, wm_metrics = self.world_model.loss(batch)
+            wm_loss, post, wm_metrics = self.update_fns["world_model_loss"](batch)
         metrics.update(wm_metrics)
         clip = self.grad_clips()["world_model"]
         metrics["model_grad_norm"] = self._step(optimizers["world_model"], wm_loss, self.world_model, clip, fabric)
@@ -208,7 +230,7 @@ class Subactor(nn.Module):
             hold = self.hierarchy_cfg["imagination_goal"] == "hold"
             goal_code = goal_schedule(batch["goal_code"].float(), batch["is_first"], pick, horizon, hold)
         with fabric.autocast():
-            inputs, actions, rewards, cont, states = self.imagine(start, goal_code, start_cont, horizon)
+            inputs, actions, rewards, cont, states = self.update_fns["imagine"](start, goal_code, start_cont, horizon)
         metrics.update(self.train_behavior(inputs, actions, rewards, cont, states["deter"], optimizers, fabric))
         return metrics, start, start_cont
 
@@ -225,18 +247,24 @@ class Subactor(nn.Module):
         """Actor, critics and subgoal autoencoder on one imagined trajectory (time first: (H, N, ...))."""
         ac, clips = self.actor_critic, self.grad_clips()
         with fabric.autocast():
-            actor_loss, critic_losses, metrics = ac.losses(inputs, actions, rewards, cont)
+            actor_loss, critic_losses, metrics = self.update_fns["actor_critic_losses"](inputs, actions, rewards, cont)
         metrics["actor_loss"] = actor_loss.detach()
-        metrics["actor_grad_norm"] = self._step(optimizers["actor"], actor_loss, ac.actor, clips["actor"], fabric)
-        for term, loss in critic_losses.items():
-            metrics[f"value_{term}_loss"] = loss.detach()
-            name = f"critic_{term}"
-            metrics[f"value_{term}_grad_norm"] = self._step(
-                optimizers[name], loss, ac.critics[term], clips[name], fabric
-            )
+        metrics.update({f"value_{term}_loss": loss.detach() for term, loss in critic_losses.items()})
+        # One backward pass for the actor and every critic: their losses share no parameter and no gradient path
+        # (inputs, advantages and critic targets are detached), so each network gets exactly its own loss's
+        # gradient; one pass is cheaper, and a compiled graph with several outputs can only be differentiated once.
+        names = ["actor", *(f"critic_{term}" for term in critic_losses)]
+        modules = [ac.actor, *(ac.critics[term] for term in critic_losses)]
+        norms = self._step_jointly(
+            actor_loss + sum(critic_losses.values()),
+            [(optimizers[name], module, clips[name]) for name, module in zip(names, modules)],
+            fabric,
+        )
+        metrics["actor_grad_norm"] = norms[0]
+        metrics.update({f"value_{term}_grad_norm": norm for term, norm in zip(critic_losses, norms[1:])})
         if self.needs_autoencoder:
             with fabric.autocast():
-                ae_loss, ae_metrics = self.autoencoder.loss(imagined_h.flatten(0, -2))
+                ae_loss, ae_metrics = self.update_fns["autoencoder_loss"](imagined_h.flatten(0, -2))
             metrics.update({key if key.startswith("subgoal") else f"subgoal_{key}": v for key, v in ae_metrics.items()})
             metrics["subgoal_autoencoder_grad_norm"] = self._step(
                 optimizers["autoencoder"], ae_loss, self.autoencoder, clips["autoencoder"], fabric
@@ -245,11 +273,23 @@ class Subactor(nn.Module):
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module, clip: float, fabric) -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
+        return Subactor._step_jointly(loss, [(optimizer, module, clip)], fabric)[0]
+
+    @staticmethod
+    def _step_jointly(
+        loss: Tensor, parts: Sequence[tuple[torch.optim.Optimizer, nn.Module, float]], fabric
+    ) -> list[Tensor]:
+        """One backward pass of ``loss``, then per (optimizer, module, clip): clip the module's gradient norm and
+        step. Returns each module's gradient norm before clipping."""
+        for optimizer, _, _ in parts:
+            optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
-        norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
-        optimizer.step()
-        return norm.detach() if isinstance(norm, Tensor) else torch.tensor(float("nan"))
+        norms = []
+        for optimizer, module, clip in parts:
+            norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
+            optimizer.step()
+            norms.append(norm.detach() if isinstance(norm, Tensor) else torch.tensor(float("nan")))
+        return norms
 
 
 def goal_schedule(goal_code: Tensor, is_first: Tensor, starts: Tensor, horizon: int, hold: bool) -> Tensor:

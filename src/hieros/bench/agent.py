@@ -10,7 +10,9 @@ CPU time much less). Medians are over ``iterations`` timed runs after ``warmup``
 * ``level0_update``: one real ``Subactor.train_step`` of level 0 in the 3-level hierarchy (world model, imagination,
   actor, three critics and the subgoal autoencoder, each with its optimizer step), for s5 and rssm. ``gflop`` (s5,
   full run) counts its floating-point operations (``torch.utils.flop_counter``); ``gemm_bound_s`` = gflop / the
-  measured dense-GEMM rate of this machine, a lower bound.
+  measured dense-GEMM rate of this machine, a lower bound. ``host_syncs``: ops in one update that make the host
+  wait for the device (:mod:`hieros.bench._syncs`): 0 since issue 14 (the quick setup had 244: 222 from AdamW's
+  step counters, 22 from ``F.one_hot``'s range checks).
 * ``three_level``: the updates of k² = 16 consecutive environment steps at the paper's ratio (one level-0 update
   per step; level i trains on every k^i-th level-0 update, as ``Run.train`` schedules it; levels 1 and 2 see the k
   stacked latents of the level below as a vector observation and emit 8×8 subgoal codes), s5, run back to back
@@ -18,7 +20,9 @@ CPU time much less). Medians are over ``iterations`` timed runs after ``warmup``
   cycle (``updates``, ``seconds_by_level``, ``mean_update_s_by_level``).
 * ``policy_step``: ``Hierarchy.act`` for one environment (batch 1), sampled actions, over ``policy_steps``
   consecutive steps from an episode start after warm-up: the median (most steps only level 0 observes), the mean,
-  and the median over the steps where all levels act (every k² = 16 steps).
+  and the median over the steps where all levels act (every k² = 16 steps); ``host_syncs_all_levels_act``: the
+  host syncs of one such step by aten op (:mod:`hieros.bench._syncs`; one ``nonzero`` per observing level picks
+  the envs that are due).
 * ``memory``: peak resident memory of training the full 3-level paper configuration, in a fresh Python process
   (:mod:`hieros.bench._memory`): resident memory after building the agent, its optimisers and the batches
   (``baseline_mib``), and its high-water mark during k² policy steps and two updates of every level
@@ -36,6 +40,7 @@ peak memory ≤ 8 GiB.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
@@ -52,6 +57,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hieros.bench._memory import in_fresh_process, measure_step
+from hieros.bench._syncs import HostSyncCounter
 from hieros.bench._timing import timed
 from hieros.bench.world_model import compose_config
 from hieros.registry import Registry
@@ -203,6 +209,9 @@ def _level0_update(sequence_model: str, setup: dict, gflops: float | None) -> di
     step = partial(level.train_step, _batch(hierarchy, 0, setup), level.make_optimizers(), _fabric())
     timing = timed(step, setup["iterations"], setup["warmup"])
     timing["parameters"] = sum(p.numel() for p in level.parameters())
+    with HostSyncCounter() as syncs:  # after warm-up: the optimizers' state exists
+        step()
+    timing["host_syncs"] = syncs.total
     if gflops is not None:  # counting runs one more update
         timing["gflop"] = round(_gflop(step), 1)
         timing["gemm_bound_s"] = round(timing["gflop"] / gflops, 2)
@@ -257,6 +266,7 @@ def _policy_step(setup: dict) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     period = hierarchy.k ** (len(hierarchy.levels) - 1)
     wall, cpu, all_levels = [], [], []
+    host_syncs: dict[str, int] = {}
     for step in range(setup["policy_warmup"] + setup["policy_steps"]):
         obs = {
             "image": rng.integers(0, 256, (1, setup["image"], setup["image"], 3), dtype=np.uint8),
@@ -265,6 +275,10 @@ def _policy_step(setup: dict) -> dict[str, Any]:
             "is_last": np.zeros(1, bool),
             "is_terminal": np.zeros(1, bool),
         }
+        if step >= setup["policy_warmup"] and step % period == 0 and not host_syncs:
+            with HostSyncCounter() as syncs:  # once, untimed, on a copy, at a step where every level acts
+                hierarchy.act(obs, copy.deepcopy(acting), "sampled")
+            host_syncs = dict(syncs.by_op)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         hierarchy.act(obs, acting, "sampled")
         elapsed, elapsed_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
@@ -280,6 +294,7 @@ def _policy_step(setup: dict) -> dict[str, Any]:
         "mean_ms": 1e3 * statistics.fmean(wall),
         "all_levels_act_ms": 1e3 * statistics.median(all_levels) if all_levels else None,
         "all_levels_act_steps": len(all_levels),
+        "host_syncs_all_levels_act": host_syncs,
     }
 
 

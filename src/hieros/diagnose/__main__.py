@@ -180,7 +180,7 @@ def log_to_mlflow(payload: Mapping[str, Any], step: int, metrics: Mapping[str, f
     went or why not (an unreachable store or a missing run is a warning, never an error)."""
     import time
 
-    from hieros.training.tracking import METRICS_PER_BATCH, probe, resolve_tracking_uri, sqlite_path
+    from hieros.training.mlflow_store import METRICS_PER_BATCH, probe, resolve_tracking_uri, sqlite_path
 
     config = payload["config"]
     recorded = payload.get("mlflow", {}) or {}

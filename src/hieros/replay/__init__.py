@@ -1,4 +1,4 @@
-"""Sequence replay (spec §7.1) and the Figure 13 sampler study (spec §7.5)."""
+"""Sequence replay (spec §7.1); the Figure 13 sampler study (spec §7.5) is :mod:`hieros.report.figure13`."""
 
 from hieros.replay.buffer import Replay, ReplayDiskFullError
 

@@ -18,7 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hieros.report import scores as sc
-from hieros.report.data import RunRecord, Sweep, curve_matrix
+from hieros.report.curves import curve_matrix
+from hieros.report.records import RunRecord, Sweep
 
 WORLD_MODEL_LOSSES: tuple[str, ...] = ("model_loss", "image_loss", "vector_loss", "reward_loss", "dyn_loss")
 """Loss terms drawn when logged (image_loss for pixels, vector_loss for vector observations; ``cont_loss`` and
@@ -280,7 +281,7 @@ def etbs_counts(counts: Mapping[str, np.ndarray], title: str = "", radius: int =
     """Paper Fig. 13: how often each replay item was drawn (oldest first), ±``radius`` moving average."""
     if not counts:
         return None
-    from hieros.replay.figure13 import smooth
+    from hieros.report.figure13 import smooth
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axis = figure.subplots()

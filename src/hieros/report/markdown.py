@@ -1,19 +1,26 @@
 """``report.md``: one Markdown file that states which score it used and shows the tables, figures, notes and the
-missing-or-partial-data list of a report."""
+missing-or-partial-data list of a report. Its sections are written here; the tables they show are built and rendered
+in :mod:`hieros.report.markdown_tables`."""
 
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from hieros.report import scores as sc
-from hieros.report.data import Problem, Sweep
+from hieros.report.markdown_tables import (
+    aggregate_frame,
+    games_frame,
+    hns_frame,
+    markdown_table,
+    per_seed_frame,
+    subset_frame,
+)
+from hieros.report.records import Problem, Sweep
 
 SCORE_DESCRIPTIONS: Mapping[str, str] = {
     "final_eval": (
@@ -62,30 +69,6 @@ class ReportContent:
     notes: list[str] = field(default_factory=list)
 
 
-def _cell(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 1) -> str:
-    """A GitHub-flavoured Markdown table (no tabulate dependency)."""
-    if frame.empty:
-        return "_(empty)_"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(_cell(v, digits) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
-
-
-def _interval(estimate: float, low: float, high: float) -> str:
-    return f"{estimate:.1f} [{low:.1f}, {high:.1f}]"
-
-
 def _figure(content: ReportContent, name: str, caption: str, out: Path) -> str:
     paths = content.figures.get(name)
     if not paths:
@@ -94,98 +77,6 @@ def _figure(content: ReportContent, name: str, caption: str, out: Path) -> str:
     svg = [Path(p).relative_to(out) for p in paths if str(p).endswith(".svg")]
     link = f" ([SVG]({svg[0].as_posix()}))" if svg else ""
     return f"![{caption}]({png.as_posix()})\n\n*{caption}*{link}\n"
-
-
-def _games_table(content: ReportContent) -> pd.DataFrame:
-    """Rows = games; per variant the mean score over seeds (n); then the reference and published scores."""
-    per_game = content.per_game
-    if per_game.empty:
-        return per_game
-    variants = [v for v in content.sweep.variants if (per_game["variant"] == v).any()]
-    rows = []
-    for game in sorted(per_game["game"].unique()):
-        row: dict[str, Any] = {"game": game}
-        block = per_game[per_game["game"] == game].set_index("variant")
-        for variant in variants:
-            if variant in block.index:
-                entry = block.loc[variant]
-                spread = f" ± {entry['std']:,.1f}" if not math.isnan(entry["std"]) else ""
-                row[variant] = f"{entry['mean']:,.1f}{spread} (n={entry['seeds']})"
-            else:
-                row[variant] = "–"
-        first = block.iloc[0]
-        seeds = content.per_seed[content.per_seed["game"] == game]
-        row["random"] = seeds["random"].iloc[0] if len(seeds) else math.nan
-        row["human"] = seeds["human"].iloc[0] if len(seeds) else math.nan
-        for method in reversed(sc.PUBLISHED_METHODS):
-            row[f"{method} (paper)"] = first.get(f"published:{method}", math.nan)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    empty = [c for c in table.columns[1 + len(variants) :] if table[c].isna().all()]  # no reference/published value
-    return table.drop(columns=empty)
-
-
-def _hns_table(content: ReportContent) -> pd.DataFrame:
-    per_game = content.per_game[content.per_game["hns_mean"].notna()]
-    if per_game.empty:
-        return per_game
-    table = per_game.pivot_table(index="game", columns="variant", values="hns_mean", aggfunc="first") * 100.0
-    ordered = [v for v in content.sweep.variants if v in table.columns]
-    return table[ordered].reset_index()
-
-
-def _per_seed_table(content: ReportContent) -> pd.DataFrame:
-    frame = content.per_seed
-    if frame.empty:
-        return frame
-    columns = ["variant", "game", "seed", "run", "status", "score", "hns"]
-    shown = frame[columns].copy()
-    shown["hns"] = shown["hns"] * 100.0
-    return shown.rename(columns={"hns": "HNS %"})
-
-
-def _aggregate_rows(content: ReportContent) -> pd.DataFrame:
-    """Our variants (estimate [95 % CI]) and the published methods side by side, in percent."""
-    rows = []
-    aggregates = content.aggregates
-    for variant in dict.fromkeys(aggregates["variant"]) if not aggregates.empty else []:
-        block = aggregates[aggregates["variant"] == variant].set_index("metric")
-        row = {
-            "method": f"this sweep: {variant}",
-            "games": int(block["games"].iloc[0]),
-            "runs": int(block["runs"].iloc[0]),
-        }
-        for metric in sc.METRICS:
-            entry = block.loc[metric]
-            row[sc.METRIC_TITLES[metric]] = _interval(entry["estimate"], entry["ci_low"], entry["ci_high"])
-        rows.append(row)
-    published = content.published
-    for method in reversed(sc.PUBLISHED_METHODS):
-        block = published[published["method"] == method].set_index("metric")
-        own = method == "HIEROS"  # the paper states 25 games x 3 seeds for itself; baselines are quoted
-        row = {
-            "method": f"{method} (published)",
-            "games": 25 if own else "own set",
-            "runs": "3 seeds/game" if own else "–",
-        }
-        for metric in sc.METRICS:
-            row[sc.METRIC_TITLES[metric]] = _cell(block.loc[metric, "published"], 0)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _subset_rows(content: ReportContent) -> pd.DataFrame | None:
-    published = content.published
-    if "recomputed_on_sweep_games" not in published.columns:
-        return None
-    rows = []
-    for method in reversed(sc.PUBLISHED_METHODS):
-        block = published[published["method"] == method].set_index("metric")
-        row = {"method": method, "games": block["sweep_games"].iloc[0]}
-        for metric in sc.METRICS:
-            row[sc.METRIC_TITLES[metric]] = block.loc[metric, "recomputed_on_sweep_games"]
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def _problems_section(problems: Sequence[Problem]) -> list[str]:
@@ -275,9 +166,9 @@ def _scores(content: ReportContent, out: Path) -> list[str]:
     if content.per_game.empty:
         lines += ["_No run has the chosen score (see the missing-data section)._", ""]
     else:
-        lines += [markdown_table(_games_table(content)), ""]
-    lines += ["### Per seed", "", markdown_table(_per_seed_table(content)), "", "### Human-normalised scores (%)", ""]
-    hns = _hns_table(content) if "hns_mean" in content.per_game.columns else pd.DataFrame()
+        lines += [markdown_table(games_frame(content)), ""]
+    lines += ["### Per seed", "", markdown_table(per_seed_frame(content)), "", "### Human-normalised scores (%)", ""]
+    hns = hns_frame(content) if "hns_mean" in content.per_game.columns else pd.DataFrame()
     lines += [markdown_table(hns) if not hns.empty else "_No game with human reference scores has a score._", ""]
     return lines
 
@@ -294,7 +185,7 @@ def _aggregates(content: ReportContent, out: Path) -> list[str]:
         "each; the baselines' aggregates are quoted from their own papers; DreamerV3 published no IQM or optimality "
         "gap).",
         "",
-        markdown_table(_aggregate_rows(content)),
+        markdown_table(aggregate_frame(content)),
         "",
     ]
     if not content.aggregates.empty:
@@ -306,7 +197,7 @@ def _aggregates(content: ReportContent, out: Path) -> list[str]:
                 "games (one value per game):",
                 "",
             ]
-            subset = _subset_rows(content)
+            subset = subset_frame(content)
             if subset is not None:
                 lines += [markdown_table(subset), ""]
     check = content.table1.set_index("row")

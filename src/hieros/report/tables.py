@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from hieros.report import scores as sc
-from hieros.report.data import Problem, Sweep, records_table
+from hieros.report.records import Problem, Sweep, records_table
 
 NORMALISATIONS: tuple[str, ...] = ("human", "minmax")
 

@@ -51,6 +51,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "training.keep_checkpoints",
     "training.parallel_envs",
     "training.torch_threads",
+    "training.compile",
+    "training.compile_backend",
     "training.progress",
     "training.resume",
     "logger.*",

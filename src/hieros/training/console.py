@@ -5,6 +5,9 @@ loss, refreshed by rich's own thread (the loop only sets numbers). Without a TTY
 report is one line such as::
 
     [hieros] step 2000/100000 (2.0%) | 11.8 sps | eta 2:18:30 | score 3.00 | L0 model_loss 1.234 | L1 model_loss 0.456
+
+The banner's rows for a training run are :func:`banner_rows`; :func:`dashboard_command` says how to open the run's
+tracking store.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from hieros.training.loop import Run
+    from hieros.training.tracking import Tracker
 
 
 def _format_eta(seconds: float) -> str:
@@ -141,3 +149,41 @@ class Console:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+# ------------------------------------------------------------------ a training run's banner
+def banner_rows(run: Run, run_dir: Path, resumed: str, tracker: Tracker) -> list[tuple[str, str]]:
+    """The rows of the start banner: where the run lives, how it starts, what it trains and where it logs."""
+    config = run.config
+    env = config["env"]
+    game = env.get("game") or env.get("id") or ""
+    model = config["model"]
+    hierarchy = config["hierarchy"]
+    training = config["training"]
+    rows = [
+        ("run directory", str(run_dir)),
+        ("start", resumed),
+        ("environment", f"{env['name']} {game} obs {run.obs_shapes} actions {run.envs.action_dim}"),
+        ("sequence model", config["sequence_model"]["name"]),
+        ("sampler", config["sampler"]["name"]),
+        ("goal encoding", config["goal_encoding"]["name"]),
+        ("model", f"deter {model['deter']}, stoch {model['stoch']}x{model['classes']}, units {model['units']}"),
+        ("hierarchy", f"{hierarchy['layers']} level(s), k={hierarchy['k']}"),
+        (
+            "budget",
+            f"{training['steps']} agent steps, train ratio {training['train_ratio']}, "
+            f"batch {training['batch_size']}x{training['batch_length']}",
+        ),
+        ("device", f"{run.fabric.device} ({config['fabric']['precision']})"),
+        ("tracking", tracker.describe()),
+    ]
+    if tracker.uri:
+        rows.append(("dashboard", dashboard_command(tracker.uri)))
+    return rows
+
+
+def dashboard_command(uri: str) -> str:
+    """How to look at the tracking store ``uri``."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"

@@ -9,15 +9,15 @@ One agent step = one policy call for every parallel environment (``num_envs`` st
 Re-running the same command in the same run directory resumes: the checkpoint restores every level's modules,
 optimisers and schedulers, the counters, the train-ratio clock, the random generators and the replays' positions
 (their data stays in ``<run_dir>/replay``); the environments start fresh episodes. The plumbing lives in
-:mod:`~hieros.training.checkpoint`, :mod:`~hieros.training.tracking`, :mod:`~hieros.training.console`,
-:mod:`~hieros.training.media` and :mod:`~hieros.training.preemption`.
+:mod:`~hieros.training.resume`, :mod:`~hieros.training.checkpoint`, :mod:`~hieros.training.evaluation` (evaluations
+and ``scores.json``), :mod:`~hieros.training.tracking` (``metrics.jsonl`` and MLflow), :mod:`~hieros.training.console`,
+:mod:`~hieros.training.media`, :mod:`~hieros.training.preemption` and :mod:`~hieros.training.threads`.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from hieros.agent.hierarchy import Hierarchy
 from hieros.agent.learner import Learner
-from hieros.envs.vector import VectorEnv, make_vector_env
-from hieros.files import write_atomic, write_json_atomic
+from hieros.envs.vector import make_vector_env
+from hieros.files import write_atomic
 from hieros.registry import Registry
 from hieros.replay import Replay
-from hieros.replay.buffer import storage_problem
-from hieros.training.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointDir,
-    Loaded,
-    NumpyState,
-    RandomState,
-    ResumeError,
-    check_compatible,
-    restore,
-)
-from hieros.training.console import Console
+from hieros.training.checkpoint import FORMAT_VERSION, CheckpointDir, NumpyState, RandomState, check_compatible, restore
+from hieros.training.console import Console, banner_rows, dashboard_command
+from hieros.training.evaluation import final_evaluation, periodic_evaluation, write_scores
 from hieros.training.media import write_run_media
+from hieros.training.metrics_file import MetricsFile
 from hieros.training.preemption import Preemption
 from hieros.training.ratio import TrainRatio
+from hieros.training.resume import check_replay_data, finished_scores, resume_point
 from hieros.training.run_lock import RunDirLock, requeue_wait_seconds
 from hieros.training.threads import torch_threads
-from hieros.training.tracking import MetricsFile, Tracker, make_tracker
+from hieros.training.tracking import Tracker, make_tracker
 
 
 class MetricMeans:
@@ -93,7 +86,13 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 
 class Run:
-    """Everything one training run holds: the agent, its optimisers, replays, clocks and counters."""
+    """Everything one training run holds: the agent, its optimisers, replays, clocks and counters.
+
+    The config is held in two forms on purpose: ``cfg`` is the composed :class:`~omegaconf.DictConfig` (attribute
+    access; what the loop, evaluation and media read their settings from), ``config`` its resolved plain-dict copy
+    (what the agent modules are built from, what every checkpoint stores and a resume compares, what the banner
+    shows). Both hold the same values.
+    """
 
     def __init__(self, cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> None:
         self.cfg, self.registry, self.run_dir, self.fabric = cfg, registry, Path(run_dir), fabric
@@ -106,6 +105,8 @@ class Run:
         self.device = fabric.device
         self.agent = Hierarchy(self.config, registry, self.obs_shapes, self.envs.action_dim).to(self.device)
         self.learner = Learner(self.agent, cfg.agent.world_model.warmup_steps)
+        if training.get("compile", False):
+            self.agent.compile_updates(str(training.get("compile_backend", "inductor")))
         self.replays = [
             Replay(
                 spec,
@@ -226,127 +227,6 @@ class Run:
         )
         return report
 
-    # ------------------------------------------------------------ evaluation
-    def evaluate(self, episodes: int, mode: str) -> list[float]:
-        """Run ``episodes`` episodes in fresh environments with a fresh acting state (shares nothing with training).
-
-        With ``training.eval_max_steps`` an episode stops after that many agent steps and scores its partial return;
-        ``self.eval_capped[mode]`` counts such episodes of the latest evaluation."""
-        self.eval_capped[mode] = 0
-        if episodes <= 0:
-            return []
-        training = self.cfg.training
-        num = max(1, min(training.eval_num_envs, episodes))
-        envs = make_vector_env(self.registry, self.cfg.env, num, seed=self.cfg.seed + 100_000)
-        capped: list[bool] = []
-        try:
-            return run_episodes(
-                self.agent,
-                envs,
-                episodes,
-                mode,
-                self.cfg.seed + 100_000,
-                self.device,
-                max_steps=training.get("eval_max_steps"),
-                capped=capped,
-            )
-        finally:
-            self.eval_capped[mode] = sum(capped)
-            envs.close()
-
-
-def run_episodes(
-    agent: Hierarchy,
-    envs: VectorEnv,
-    episodes: int,
-    mode: str,
-    seed: int,
-    device,
-    on_step: Callable[[Mapping[str, np.ndarray]], None] | None = None,
-    max_steps: int | None = None,
-    capped: list[bool] | None = None,
-) -> list[float]:
-    """Returns of the first ``episodes`` episodes to end; ``on_step`` sees every transition dict (e.g. to record
-    frames). ``max_steps`` (None = no cap) stops an episode after that many agent steps: it scores its partial
-    return, its env idles until every env is capped or done, then all restart (new seeds); ``capped`` receives one
-    flag per returned episode (True = stopped by the cap)."""
-    acting = agent.initial_acting_state(envs.num_envs, device)
-    obs = envs.reset(seed=seed)
-    returns: list[float] = []
-    flags: list[bool] = []
-    partial = np.zeros(envs.num_envs)  # return and agent steps of each env's running episode (for the cap)
-    steps = np.zeros(envs.num_envs, np.int64)
-    idle = np.zeros(envs.num_envs, bool)  # capped envs wait here for the others
-    restarts = 0
-    while len(returns) < episodes:
-        if on_step is not None:
-            on_step(obs)
-        actions, _ = agent.act(obs, acting, mode)
-        obs = envs.step(actions)
-        partial = np.where(obs["is_first"], 0.0, partial + obs["reward"])
-        steps = np.where(obs["is_first"], 0, steps + 1)
-        for env in np.flatnonzero(obs["is_last"] & ~idle):
-            if len(returns) < episodes:
-                returns.append(float(obs["episode_return"][env]))
-                flags.append(False)
-        if max_steps is None:
-            continue
-        for env in np.flatnonzero((steps >= max_steps) & ~obs["is_last"] & ~idle):
-            if len(returns) < episodes:
-                returns.append(float(partial[env]))
-                flags.append(True)
-            idle[env] = True
-        if idle.all() and len(returns) < episodes:
-            restarts += 1
-            obs = envs.reset(seed=seed + 1_000_003 * restarts)
-            partial[:], steps[:], idle[:] = 0.0, 0, False
-    if on_step is not None:
-        on_step(obs)
-    if capped is not None:
-        capped[:] = flags
-    return returns
-
-
-def final_scores(run: Run, evaluation: Mapping[str, list[float]]) -> dict[str, Any]:
-    """scores.json (spec section 1.4): final evaluation per policy mode, and the mean training return over the
-    last 10% of steps."""
-    steps = run.cfg.training.steps
-    tail = [episode["return"] for episode in run.episodes if episode["step"] > 0.9 * steps]
-    cap = run.cfg.training.get("eval_max_steps")
-    final_eval: dict[str, Any] = {
-        mode: {"mean": float(np.mean(r)) if r else None, "episodes": r} for mode, r in evaluation.items()
-    }
-    capped: dict[str, Any] = {}
-    if cap is not None:  # a capped episode scores its partial return: say so next to the numbers
-        for mode, entry in final_eval.items():
-            entry["capped_episodes"] = run.eval_capped.get(mode, 0)
-        capped = {
-            "eval_max_steps": cap,
-            "eval_note": f"evaluation episodes stopped after eval_max_steps={cap} agent steps (capped_episodes) "
-            f"score their partial return",
-        }
-    return {
-        "final_eval": final_eval,
-        **capped,
-        "train_return_last10pct": float(np.mean(tail)) if tail else None,
-        "train_episodes_last10pct": len(tail),
-        "agent_steps": run.step,
-        "env_frames": run.step * int(run.cfg.env.get("action_repeat", 1)),
-        "updates": run.updates,
-        "train_episodes": len(run.episodes),
-    }
-
-
-def report_capped(run: Run, info: Callable[[str], None]) -> None:
-    """One console line when training.eval_max_steps stopped evaluation episodes (their score is partial)."""
-    capped = {mode: n for mode, n in run.eval_capped.items() if n}
-    if capped:
-        counts = ", ".join(f"{n} {mode}" for mode, n in capped.items())
-        info(
-            f"evaluation at step {run.step}: {counts} episode(s) stopped at training.eval_max_steps="
-            f"{run.cfg.training.eval_max_steps} agent steps; their score is the partial return"
-        )
-
 
 def make_fabric(cfg: DictConfig) -> Fabric:
     return Fabric(
@@ -355,91 +235,6 @@ def make_fabric(cfg: DictConfig) -> Fabric:
         precision=cfg.fabric.precision,
         strategy=cfg.fabric.strategy,
     )
-
-
-def resume_point(checkpoints: CheckpointDir, mode: str, report: Callable[[str], None]) -> Loaded | None:
-    """The checkpoint to resume from under ``training.resume`` (auto | must | never), or None for a fresh start.
-
-    Refuses (:class:`ResumeError`) rather than start over on top of a previous run: ``auto`` when checkpoint files
-    exist but none is usable, ``must`` without a usable checkpoint, ``never`` when the directory has checkpoints.
-    """
-    where = checkpoints.directory
-    if mode == "never":
-        if checkpoints.paths() or checkpoints.unusable():
-            raise ResumeError(
-                f"{where} holds checkpoints of an earlier run and training.resume=never: train in another directory "
-                "(hydra.run.dir=...) or resume it with training.resume=auto"
-            )
-        return None
-    latest = checkpoints.load_latest(report=report)
-    if latest is not None:
-        return latest
-    unusable = checkpoints.unusable()
-    if unusable:
-        raise ResumeError(
-            f"no usable checkpoint in {where} ({len(unusable)} unreadable or corrupt: {', '.join(unusable[:3])}); "
-            "refusing to start over from step 0 on top of that run: move those files away to start afresh here, or "
-            "train in another directory (hydra.run.dir=...)"
-        )
-    if mode == "must":
-        raise ResumeError(f"training.resume=must but {where} holds no checkpoint: check hydra.run.dir")
-    return None
-
-
-def check_replay_data(latest: Loaded, run_dir: Path) -> None:
-    """Before anything is written: every level's replay data the checkpoint needs is on disk and is its own."""
-    for key, state in latest.payload.items():
-        if key.startswith("replay/") and isinstance(state, Mapping):
-            problem = storage_problem(run_dir / "replay" / key.split("/", 1)[1], state)
-            if problem:
-                raise ResumeError(
-                    f"cannot resume from {latest.path.name}: {problem}; restore that folder from a backup, or train "
-                    f"afresh in another directory (hydra.run.dir=...). Nothing in {run_dir} was changed."
-                )
-
-
-def _finished_scores(run_dir: Path, step: int) -> dict[str, Any] | None:
-    """scores.json of a run that already finished at ``step`` (a rerun then only syncs the tracker)."""
-    try:
-        scores = json.loads((run_dir / "scores.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return scores if isinstance(scores, dict) and scores.get("agent_steps") == step else None
-
-
-def banner_rows(run: Run, run_dir: Path, resumed: str, tracker: Tracker) -> list[tuple[str, str]]:
-    config = run.config
-    env = config["env"]
-    game = env.get("game") or env.get("id") or ""
-    model = config["model"]
-    hierarchy = config["hierarchy"]
-    training = config["training"]
-    rows = [
-        ("run directory", str(run_dir)),
-        ("start", resumed),
-        ("environment", f"{env['name']} {game} obs {run.obs_shapes} actions {run.envs.action_dim}"),
-        ("sequence model", config["sequence_model"]["name"]),
-        ("sampler", config["sampler"]["name"]),
-        ("goal encoding", config["goal_encoding"]["name"]),
-        ("model", f"deter {model['deter']}, stoch {model['stoch']}x{model['classes']}, units {model['units']}"),
-        ("hierarchy", f"{hierarchy['layers']} level(s), k={hierarchy['k']}"),
-        (
-            "budget",
-            f"{training['steps']} agent steps, train ratio {training['train_ratio']}, "
-            f"batch {training['batch_size']}x{training['batch_length']}",
-        ),
-        ("device", f"{run.fabric.device} ({config['fabric']['precision']})"),
-        ("tracking", tracker.describe()),
-    ]
-    if tracker.uri:
-        rows.append(("dashboard", dashboard_command(tracker.uri)))
-    return rows
-
-
-def dashboard_command(uri: str) -> str:
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
 
 
 def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None = None) -> dict[str, Any]:
@@ -486,7 +281,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
             run.restore(payload)
             resumed = f"resumed from {latest.path.name} (step {run.step})"
         console.banner("HIEROS training", banner_rows(run, run_dir, resumed, tracker))
-        done = _finished_scores(run_dir, run.step) if run.step >= training.steps else None
+        done = finished_scores(run_dir, run.step) if run.step >= training.steps else None
         if done is not None:
             console.info(f"run already finished at step {run.step}; scores in {run_dir / 'scores.json'}")
             status = "FINISHED"
@@ -526,11 +321,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
                     console.report(run.step, report, run.latest_score)
                     last_time, last_step = now, run.step
                 if crossed(before, run.step, training.eval_every) and run.step < training.steps:
-                    scores = {mode: run.evaluate(training.eval_episodes, mode) for mode in training.eval_modes}
-                    metrics_file.write(
-                        run.step, {f"eval/{mode}_score": float(np.mean(r)) for mode, r in scores.items() if r}
-                    )
-                    report_capped(run, console.info)
+                    periodic_evaluation(run, metrics_file, console.info)
                 if crossed(before, run.step, tracker.media_every) and run.step < training.steps:
                     write_media()
                 wall_clock_due = training.checkpoint_minutes > 0 and time.monotonic() >= checkpoint_due
@@ -545,15 +336,9 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
                 save_checkpoint()
 
         # Final evaluation (spec section 1.4), media and scores.
-        evaluation = {mode: run.evaluate(training.final_eval_episodes, mode) for mode in training.eval_modes}
-        report_capped(run, console.info)
-        means = {mode: float(np.mean(returns)) for mode, returns in evaluation.items() if returns}
-        metrics_file.write(
-            run.step, {f"{kind}/{mode}_score": mean for mode, mean in means.items() for kind in ("eval", "final_eval")}
-        )
+        evaluation = final_evaluation(run, metrics_file, console.info)
         write_media()
-        scores = final_scores(run, evaluation)
-        write_json_atomic(run_dir / "scores.json", scores)
+        scores = write_scores(run, evaluation, run_dir / "scores.json")
         console.info(f"done: {run.step} agent steps; scores in {run_dir / 'scores.json'}")
         status = "FINISHED"
         return scores

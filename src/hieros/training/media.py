@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hieros.envs.minatar import channels_to_rgb
+from hieros.envs.seeding import VIDEO_ENV_SEED_OFFSET
 
 MIN_TILE = 96  # pixels: frames are upscaled until one observation is at least this tall
 
@@ -174,9 +175,9 @@ def write_run_media(run: Any, media_dir: Path, step: int, report: Callable[[str]
         k_steps = int(run.cfg.hierarchy.k) ** max(1, len(agent.levels) - 1)
         frames = subgoal_frames(
             agent,
-            lambda: make_vector_env(run.registry, run.cfg.env, 1, seed=int(run.cfg.seed) + 200_000),
+            lambda: make_vector_env(run.registry, run.cfg.env, 1, seed=int(run.cfg.seed) + VIDEO_ENV_SEED_OFFSET),
             steps=max(32, 4 * k_steps),
-            seed=int(run.cfg.seed) + 200_000 + int(step),
+            seed=int(run.cfg.seed) + VIDEO_ENV_SEED_OFFSET + int(step),
             device=device,
         )
         if frames is not None:

@@ -59,8 +59,12 @@ class Preemption:
         signum, self.received = self.received, None
         if signum is None:
             return
-        if signum == signal.SIGINT and self._previous.get(signum) is signal.default_int_handler:
-            raise SystemExit(128 + signum)  # the checkpoint is written: a clean exit instead of a KeyboardInterrupt
+        if signum == signal.SIGINT:
+            # Ctrl-C always stops, checkpoint written: a clean exit instead of a KeyboardInterrupt. A handler some
+            # library installed before the run is still called, but returning from it does not resume training.
+            if self._previous.get(signum) not in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN, None):
+                self._call_previous(signum, None)
+            raise SystemExit(128 + signum)
         self._call_previous(signum, None)
 
     def _call_previous(self, signum: int, frame: FrameType | None) -> None:

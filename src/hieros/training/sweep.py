@@ -9,7 +9,7 @@
   the callback into every job (hydra-submitit-launcher pickles it with the launcher, so a requeued job gets the
   same record back).
 * ``on_job_start`` runs in the job, in its folder: it writes the record to ``<job dir>/mlflow_parent.json``, which
-  the job's tracker reads (:func:`hieros.training.tracking.sweep_parent_run_id`) to tag its run
+  the job's tracker reads (:func:`hieros.training.run_tags.sweep_parent_run_id`) to tag its run
   ``mlflow.parentRunId``. Nothing is exported into the job's environment; ``HIEROS_PARENT_RUN_ID`` overrides the
   whole mechanism (no parent is created; every job becomes a child of that run).
 * ``on_multirun_end`` (or at exit of the submitting process when the sweep raised): marks the parent ``FINISHED``
@@ -34,19 +34,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from hieros.files import write_json_atomic
-from hieros.training.tracking import (
+from hieros.training.mlflow_mirror import RUN_ID_FILE
+from hieros.training.mlflow_store import (
     MAX_TAG_VALUE,
-    PARENT_RUN_ENV,
-    RUN_ID_FILE,
-    SWEEP_PARENT_FILE,
-    _retry,
     get_or_create_experiment,
-    git_info,
     is_remote,
-    read_sweep_parent,
     resolve_tracking_uri,
+    retry,
     sqlite_path,
 )
+from hieros.training.run_tags import PARENT_RUN_ENV, SWEEP_PARENT_FILE, git_info, read_sweep_parent
 
 
 def write_record(folder: Path, record: dict[str, str]) -> None:
@@ -99,12 +96,12 @@ class MlflowSweepCallback(Callback):
         location = logger_cfg.get("artifact_location")
         location = None if (is_remote(uri) or not location) else str(Path(location).expanduser().resolve())
         experiment_name = str(config.get("experiment_name", "default"))
-        experiment_id = _retry(lambda: get_or_create_experiment(client, experiment_name, location))
+        experiment_id = retry(lambda: get_or_create_experiment(client, experiment_name, location))
 
         run_id = self._existing_parent(client, sweep_dir, uri)
         if run_id is None:
             tags = self._tags(config, sweep_dir)
-            run = _retry(lambda: client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"]))
+            run = retry(lambda: client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"]))
             run_id = run.info.run_id
         self.parent = {"run_id": run_id, "tracking_uri": uri, "sweep_dir": str(sweep_dir)}
         self._finished = False
@@ -124,7 +121,7 @@ class MlflowSweepCallback(Callback):
             return None
         if run.info.lifecycle_stage == "deleted":
             return None
-        _retry(lambda: client.update_run(run.info.run_id, status="RUNNING"))
+        retry(lambda: client.update_run(run.info.run_id, status="RUNNING"))
         return run.info.run_id
 
     @staticmethod
@@ -176,8 +173,8 @@ class MlflowSweepCallback(Callback):
                     statuses[child or str(job)] = "NO RUN"
             counts = {status: list(statuses.values()).count(status) for status in sorted(set(statuses.values()))}
             status = "FINISHED" if statuses and set(counts) == {"FINISHED"} else "FAILED"
-            _retry(lambda: client.set_tag(run_id, "jobs", json.dumps(counts)))
-            _retry(lambda: client.set_terminated(run_id, status=status))
+            retry(lambda: client.set_tag(run_id, "jobs", json.dumps(counts)))
+            retry(lambda: client.set_terminated(run_id, status=status))
         except Exception as error:  # noqa: BLE001 - never hide the sweep's own outcome
             print(f"hieros: could not finish MLflow parent run {run_id} ({type(error).__name__}: {error})")
             return

@@ -9,7 +9,7 @@ plotting script's choice), and the O(n) baseline ``tbs``.
 
 Usage::
 
-    python -m hieros.replay.figure13 --out DIR [--size 4000] [--seeds 20]
+    python -m hieros.report.figure13 --out DIR [--size 4000] [--seeds 20]
 
 writes ``DIR/counts.json`` (per-item mean counts and age-decile means per sampler) and
 ``DIR/figure13.png``.

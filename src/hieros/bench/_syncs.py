@@ -1,0 +1,40 @@
+"""Count the host syncs of a piece of code by the aten ops that force them (issue 14).
+
+A host sync is an op whose result the host must read before Python can go on: ``.item()``, ``float(t)``, ``bool(t)``
+and ``if t:`` all dispatch ``aten::_local_scalar_dense``; ``nonzero``, ``masked_select`` and ``unique`` have an output
+size that depends on the data. On CUDA each one stalls the launch queue until the device catches up (and breaks CUDA
+graphs and ``torch.compile``'s full graphs); on CPU they cost little but mark the same places. The counter sees
+every aten op through a ``TorchDispatchMode``, so it works on any device, without a GPU: it counts what the code
+asks for, which on CUDA is an upper bound of the syncs (a few CPU kernels check their inputs with extra reads that
+the CUDA kernels skip). A copy to the host (``.cpu()``) is not counted; ``act`` needs exactly one, for the
+environment actions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS = frozenset(
+    {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive"}
+)
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """``with HostSyncCounter() as syncs: ...`` then ``syncs.total`` and ``syncs.by_op`` ({aten op: count})."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_op.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
+        name = func._schema.name.split("::")[-1]
+        if name in SYNC_OPS:
+            self.by_op[name] += 1
+        return func(*args, **(kwargs or {}))
