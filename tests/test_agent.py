@@ -146,11 +146,11 @@ def run_scripted(hierarchy: Hierarchy, steps: int, ends: set[int], terminal: set
     first = True
     for t in range(steps):
         obs = script.obs(t, first)
-        _, rows = hierarchy.act(obs, acting, "sampled")
+        _, rows, acting = hierarchy.act(obs, acting, "sampled")
         for level, row in enumerate(rows):
             if row is not None:
                 rows_per_level[level].append((t, row))
-        goals.append(acting["levels"][0]["goal_code"].clone())
+        goals.append(acting.levels[0].goal_code.clone())
         first = bool(obs["is_last"][0])
     return rows_per_level, goals
 
@@ -231,8 +231,8 @@ def test_greedy_subgoals_are_hard_one_hot(registry):
     cfg = compose_config("hierarchy.layers=2")
     hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
     acting = hierarchy.initial_acting_state(1, torch.device("cpu"))
-    hierarchy.act(ScriptedEpisodes(set(), set()).obs(0, True), acting, "greedy")
-    code = acting["levels"][0]["goal_code"]
+    _, _, acting = hierarchy.act(ScriptedEpisodes(set(), set()).obs(0, True), acting, "greedy")
+    code = acting.levels[0].goal_code
     assert set(code.unique().tolist()) <= {0.0, 1.0} and torch.all(code.sum(-1) == 1)
 
 
@@ -336,9 +336,9 @@ def test_window_acting_reads_the_state_a_training_window_ending_there_computes(r
             "is_terminal": np.array([False]),
         }
         first = False
-        _, step_rows = hierarchy.act(obs, acting, "sampled")
+        _, step_rows, acting = hierarchy.act(obs, acting, "sampled")
         rows.append(step_rows[0])
-        deters.append(acting["levels"][0]["latent"]["deter"][0].clone())
+        deters.append(acting.levels[0].latent["deter"][0].clone())
     gaps = []
     for t in range(30):
         window = rows[max(0, t - length + 1) : t + 1]
@@ -394,3 +394,18 @@ def test_percentile_normalizer_takes_the_first_percentiles_then_an_ema():
     assert normalizer.scale().item() == pytest.approx(normalizer.hi.item() - normalizer.lo.item())
     normalizer.lo.fill_(0.0), normalizer.hi.fill_(0.5)
     assert normalizer.scale().item() == 1.0  # max(1, P95 - P5)
+
+
+def test_act_returns_the_next_acting_state_and_leaves_the_given_one(registry):
+    cfg = compose_config("hierarchy.layers=2", "hierarchy.k=2")
+    hierarchy = Hierarchy(OmegaConf.to_container(cfg, resolve=True), registry, {"vector": (4,)}, 2)
+    start = hierarchy.initial_acting_state(1, torch.device("cpu"))
+    before = start.clone()
+    _, _, after = hierarchy.act(ScriptedEpisodes(set(), set()).obs(0, True), start, "sampled")
+    assert after is not start and int(after.episode_step) == 1 and int(start.episode_step) == 0
+    for old, kept in zip(before.levels, start.levels):  # nothing of the given state was written to
+        for key in old.latent:
+            assert torch.equal(old.latent[key], kept.latent[key])
+        assert torch.equal(old.prev_action, kept.prev_action)
+    assert not torch.equal(after.levels[0].latent["deter"], start.levels[0].latent["deter"])
+    assert after.levels[0].prev_action.sum() == 1  # level 0 chose an action

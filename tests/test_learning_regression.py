@@ -108,8 +108,8 @@ def _probe(agent: Hierarchy, cfg, registry: Registry) -> dict[str, np.ndarray]:
         torch.manual_seed(SEED)
         steps: dict[str, list] = {"prob": [], "value": [], "predicted": [], "reward": [], "first": []}
         for _ in range(LENGTH):
-            actions, _ = agent.act(obs, acting, "sampled")
-            state = acting["levels"][0]["latent"]
+            actions, _, acting = agent.act(obs, acting, "sampled")
+            state = acting.levels[0].latent
             inputs = level.policy_inputs(state, None)
             steps["prob"].append(ac.policy(inputs).probs[:, 0, REWARDED])
             steps["value"].append(ac.value("extrinsic", inputs).mean())

@@ -24,9 +24,9 @@ def image_agent():
 
 def _acting_with_random_latents(agent, n: int):
     acting = agent.initial_acting_state(n, torch.device("cpu"))
-    for entry in acting["levels"]:
-        stoch = entry["latent"]["stoch"]
-        entry["latent"]["stoch"] = torch.nn.functional.one_hot(
+    for entry in acting.levels:
+        stoch = entry.latent["stoch"]
+        entry.latent["stoch"] = torch.nn.functional.one_hot(
             torch.randint(stoch.shape[-1], stoch.shape[:-1]), stoch.shape[-1]
         ).float()
     return acting
@@ -43,12 +43,12 @@ def test_subgoal_of_level_2_is_decoded_through_level_1_to_an_image(image_agent):
     level0, level1 = agent.levels[0], agent.levels[1]
     with torch.no_grad():
         h1 = level1.autoencoder.decode(code)
-        z1 = acting["levels"][1]["latent"]["stoch"].flatten(-2)
+        z1 = acting.levels[1].latent["stoch"].flatten(-2)
         obs1 = level1.world_model.decode(torch.cat([z1, h1], -1))["vector"].mode()  # (n, k * feature_dim_0)
         dyn0 = level0.world_model.dynamics
         assert obs1.shape == (n, 2 * dyn0.feature_dim)
         h0 = obs1[:, dyn0.feature_dim :][:, dyn0.stoch_flat :]
-        z0 = acting["levels"][0]["latent"]["stoch"].flatten(-2)
+        z0 = acting.levels[0].latent["stoch"].flatten(-2)
         expected = level0.world_model.decoders["image"](torch.cat([z0, h0], -1))
     assert image.shape == (n, 16, 16, 3)
     torch.testing.assert_close(image, expected)

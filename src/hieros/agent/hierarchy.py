@@ -40,13 +40,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hieros.agent.acting_state import ActingState, LevelActingState
 from hieros.agent.subactor import Subactor
 from hieros.agent.world_model import build_dynamics
 from hieros.config import level_reward_weights
 from hieros.nets.distributions import one_hot
 from hieros.sequence_models.base import State
-
-ActingState = dict[str, Any]
 
 
 class Hierarchy(nn.Module):
@@ -118,19 +117,19 @@ class Hierarchy(nn.Module):
     # ----------------------------------------------------------------- acting
     def initial_acting_state(self, num_envs: int, device: torch.device) -> ActingState:
         """Everything acting carries between steps, per level and environment (fresh for evaluation)."""
-        state: ActingState = {"episode_step": torch.zeros(num_envs, dtype=torch.long, device=device), "levels": []}
+        state = ActingState(torch.zeros(num_envs, dtype=torch.long, device=device))
         for index, level in enumerate(self.levels):
             dyn = level.world_model.dynamics
-            entry = {
-                "latent": {key: value.detach().clone() for key, value in dyn.initial(num_envs).items()},
-                "prev_action": torch.zeros(num_envs, level.actor_critic.action_dim, device=device),
-                "reward_sum": torch.zeros(num_envs, device=device),
-            }
+            entry = LevelActingState(
+                latent={key: value.detach().clone() for key, value in dyn.initial(num_envs).items()},
+                prev_action=torch.zeros(num_envs, level.actor_critic.action_dim, device=device),
+                reward_sum=torch.zeros(num_envs, device=device),
+            )
             if level.has_goal:
-                entry["goal_code"] = torch.zeros(num_envs, *self.code_shape, device=device)
+                entry.goal_code = torch.zeros(num_envs, *self.code_shape, device=device)
             if dyn.acting_context == "window" and level.owns_world_model:  # the last T steps, re-observed per act
                 length = self.cfg["training"]["batch_length"]
-                entry["history"] = {
+                entry.history = {
                     "embed": torch.zeros(num_envs, length, level.world_model.embed_dim, device=device),
                     "action": torch.zeros(num_envs, length, level.actor_critic.action_dim, device=device),
                     "first": torch.ones(num_envs, length, dtype=torch.bool, device=device),
@@ -138,36 +137,38 @@ class Hierarchy(nn.Module):
             if index > 0 and level.owns_world_model:
                 lower_dim = self.levels[index - 1].world_model.dynamics.feature_dim
                 slots = self.k if self.higher_obs == "k_states" else 1
-                entry["window"] = torch.zeros(num_envs, slots, lower_dim, device=device)
-            state["levels"].append(entry)
+                entry.window = torch.zeros(num_envs, slots, lower_dim, device=device)
+            state.levels.append(entry)
         return state
 
     @torch.no_grad()
     def act(
         self, obs: Mapping[str, np.ndarray], acting: ActingState, mode: str = "sampled"
-    ) -> tuple[np.ndarray, list[dict[str, np.ndarray] | None]]:
+    ) -> tuple[np.ndarray, list[dict[str, np.ndarray] | None], ActingState]:
         """One environment step for all envs. ``mode``: sampled | greedy | random.
 
-        Returns the environment actions (N,) int64 and, per level, the replay rows written this step
-        ({field: (n_i, ...)} with an ``env`` index array) or None where the level did not observe.
+        Returns the environment actions (N,) int64, per level the replay rows written this step
+        ({field: (n_i, ...)} with an ``env`` index array) or None where the level did not observe, and the next
+        acting state (``acting`` itself is left unchanged).
         """
-        device = acting["episode_step"].device
+        acting = acting.clone()
+        device = acting.device
         is_first = torch.as_tensor(obs["is_first"], device=device)
         is_last = torch.as_tensor(obs["is_last"], device=device)
         is_terminal = torch.as_tensor(obs["is_terminal"], device=device)
         reward = torch.as_tensor(obs["reward"], device=device, dtype=torch.float32)
-        step = torch.where(is_first, torch.zeros_like(acting["episode_step"]), acting["episode_step"])
+        step = torch.where(is_first, torch.zeros_like(acting.episode_step), acting.episode_step)
         observed: list[Tensor | None] = [None] * self.num_levels
         rows: list[dict[str, Tensor] | None] = [None] * self.num_levels
 
-        for entry in acting["levels"]:  # every level accumulates the environment reward of its interval
-            entry["reward_sum"] += reward
+        for entry in acting.levels:  # every level accumulates the environment reward of its interval
+            entry.reward_sum += reward
 
         # 1. observe, bottom-up
         lower_idx, lower_feat = None, None
         for index, level in enumerate(self.levels):
-            entry = acting["levels"][index]
-            if "window" in entry and lower_idx is not None:
+            entry = acting.levels[index]
+            if entry.window is not None and lower_idx is not None:
                 self._push_window(entry, lower_idx, lower_feat, is_first[lower_idx])
             due = (step % (self.k**index) == 0) | is_last
             idx = due.nonzero().squeeze(-1)
@@ -175,26 +176,26 @@ class Hierarchy(nn.Module):
                 break
             wm = level.world_model
             if not level.owns_world_model:  # shared world model: this level acts on level 0's latent state
-                latent = {key: value[idx] for key, value in acting["levels"][0]["latent"].items()}
+                latent = {key: value[idx] for key, value in acting.levels[0].latent.items()}
                 for key, value in latent.items():
-                    entry["latent"][key][idx] = value
-                entry["reward_sum"][idx] = 0.0
+                    entry.latent[key][idx] = value
+                entry.reward_sum[idx] = 0.0
                 observed[index] = idx
                 lower_idx, lower_feat = idx, wm.features(latent).float()
                 continue
             obs_i = self._level_obs(index, obs, entry, idx, device)
-            embed, prev_action = wm.encode(obs_i), entry["prev_action"][idx]
-            if "history" in entry:  # acting_context=window: the state a training window ending here would give
-                history = self._push_history(entry["history"], idx, embed, prev_action, is_first[idx])
+            embed, prev_action = wm.encode(obs_i), entry.prev_action[idx]
+            if entry.history is not None:  # acting_context=window: the state a training window ending here gives
+                history = self._push_history(entry.history, idx, embed, prev_action, is_first[idx])
                 latent = wm.dynamics.observe_window(history["embed"], history["action"], history["first"])
             else:  # acting_context=episode: carry the state from the episode start (the original)
-                prev_latent = {key: value[idx] for key, value in entry["latent"].items()}
+                prev_latent = {key: value[idx] for key, value in entry.latent.items()}
                 latent = wm.dynamics.obs_step(prev_latent, prev_action, embed, is_first[idx])
                 latent.pop("prior_logit", None)
             for key, value in latent.items():
-                entry["latent"][key][idx] = value
-            level_reward = self._interval_reward(entry["reward_sum"][idx], self.k**index)
-            entry["reward_sum"][idx] = 0.0
+                entry.latent[key][idx] = value
+            level_reward = self._interval_reward(entry.reward_sum[idx], self.k**index)
+            entry.reward_sum[idx] = 0.0
             rows[index] = {
                 **{key: value for key, value in obs_i.items()},
                 "reward": level_reward,
@@ -211,32 +212,33 @@ class Hierarchy(nn.Module):
             idx = observed[index]
             if idx is None:
                 continue
-            level, entry = self.levels[index], acting["levels"][index]
-            latent = {key: value[idx] for key, value in entry["latent"].items()}
-            goal_code = entry["goal_code"][idx] if level.has_goal else None
+            level, entry = self.levels[index], acting.levels[index]
+            latent = {key: value[idx] for key, value in entry.latent.items()}
+            goal_code = entry.goal_code[idx] if entry.goal_code is not None else None
             action = self._choose(level, latent, goal_code, mode)
             action = action * (~is_last[idx]).unsqueeze(-1).float()  # the env resets next step; no action matters
-            entry["prev_action"][idx] = action
+            entry.prev_action[idx] = action
             if index > 0:
-                below = acting["levels"][index - 1]
-                below["goal_code"][idx] = action.reshape(-1, *self.code_shape)
+                acting.levels[index - 1].goal_code[idx] = action.reshape(-1, *self.code_shape)
             if rows[index] is not None:
                 rows[index]["action"] = action
                 if level.has_goal:
                     rows[index]["goal_code"] = goal_code
-        acting["episode_step"] = step + 1
-        env_action = acting["levels"][0]["prev_action"].argmax(-1)
+        acting.episode_step = step + 1
+        env_action = acting.levels[0].prev_action.argmax(-1)
         rows_np = [None if row is None else {key: value.cpu().numpy() for key, value in row.items()} for row in rows]
         for row in rows_np:
             if row is not None and "goal_code" in row:
                 row["goal_code"] = row["goal_code"].astype(np.uint8)
-        return env_action.cpu().numpy(), rows_np
+        return env_action.cpu().numpy(), rows_np, acting
 
-    def _level_obs(self, index: int, obs: Mapping[str, np.ndarray], entry, idx: Tensor, device) -> dict[str, Tensor]:
+    def _level_obs(
+        self, index: int, obs: Mapping[str, np.ndarray], entry: LevelActingState, idx: Tensor, device
+    ) -> dict[str, Tensor]:
         if index == 0:
             keys = self.levels[0].world_model.obs_keys
             return {key: torch.as_tensor(obs[key], device=device)[idx] for key in keys}
-        return {"vector": entry["window"][idx].flatten(1)}
+        return {"vector": entry.window[idx].flatten(1)}
 
     @staticmethod
     def _push_history(history, idx: Tensor, embed: Tensor, prev_action: Tensor, first: Tensor) -> dict[str, Tensor]:
@@ -249,12 +251,12 @@ class Hierarchy(nn.Module):
             updated[key] = window
         return updated
 
-    def _push_window(self, entry, idx: Tensor, features: Tensor, first: Tensor) -> None:
+    def _push_window(self, entry: LevelActingState, idx: Tensor, features: Tensor, first: Tensor) -> None:
         """Append the lower level's newest latent to this level's window (cleared at an episode start)."""
-        window = entry["window"][idx]
+        window = entry.window[idx]
         window = window * (~first).float().reshape(-1, 1, 1)
         window = torch.cat([window[:, 1:], features.unsqueeze(1)], 1)
-        entry["window"][idx] = window
+        entry.window[idx] = window
 
     def _choose(self, level: Subactor, latent: State, goal_code: Tensor | None, mode: str) -> Tensor:
         ac = level.actor_critic

@@ -40,7 +40,6 @@ peak memory ≤ 8 GiB.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
@@ -277,10 +276,10 @@ def _policy_step(setup: dict) -> dict[str, Any]:
         }
         if step >= setup["policy_warmup"] and step % period == 0 and not host_syncs:
             with HostSyncCounter() as syncs:  # once, untimed, on a copy, at a step where every level acts
-                hierarchy.act(obs, copy.deepcopy(acting), "sampled")
+                _, _, acting = hierarchy.act(obs, acting, "sampled")  # returns the next state, leaves acting as it is
             host_syncs = dict(syncs.by_op)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        hierarchy.act(obs, acting, "sampled")
+        _, _, acting = hierarchy.act(obs, acting, "sampled")
         elapsed, elapsed_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
         if step >= setup["policy_warmup"]:
             wall.append(elapsed)
@@ -321,7 +320,7 @@ def _memory_case(quick: str = "0") -> dict[str, Any]:
                 "is_last": np.zeros(1, bool),
                 "is_terminal": np.zeros(1, bool),
             }
-            hierarchy.act(obs, acting, "sampled")
+            _, _, acting = hierarchy.act(obs, acting, "sampled")
         for _ in range(2):
             for index in levels:
                 hierarchy.levels[index].train_step(batches[index], optimizers[index], fabric)

@@ -100,7 +100,7 @@ def run_episodes(
     while len(returns) < episodes:
         if on_step is not None:
             on_step(obs)
-        actions, _ = agent.act(obs, acting, mode)
+        actions, _, acting = agent.act(obs, acting, mode)
         obs = envs.step(actions)
         partial = np.where(obs["is_first"], 0.0, partial + obs["reward"])
         steps = np.where(obs["is_first"], 0, steps + 1)

@@ -306,7 +306,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
             while run.step < training.steps:
                 before = run.step
                 mode = "random" if run.step < training.prefill else "sampled"
-                actions, rows = run.agent.act(obs, run.acting, mode)
+                actions, rows, run.acting = run.agent.act(obs, run.acting, mode)
                 run.store(rows)
                 obs = run.envs.step(actions)
                 run.step += run.num_envs

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hieros.agent.acting_state import ActingState
 from hieros.envs.minatar import channels_to_rgb
 from hieros.envs.seeding import VIDEO_ENV_SEED_OFFSET
 
@@ -95,7 +96,7 @@ def open_loop_frames(agent: Any, replay: Any, rng: np.random.Generator, device: 
 
 # ------------------------------------------------------------------------- Figure 5
 @torch.no_grad()
-def decode_subgoal(agent: Any, level: int, code: Tensor, acting: dict[str, Any]) -> Tensor:
+def decode_subgoal(agent: Any, level: int, code: Tensor, acting: ActingState) -> Tensor:
     """The image (N, H, W, C), values around [-0.5, 0.5], of the subgoal ``code`` (N, latents, classes) that
     level ``level`` >= 1 sends down, decoded through the levels with their current z (module docstring)."""
     if level < 1 or level >= len(agent.levels):
@@ -107,13 +108,13 @@ def decode_subgoal(agent: Any, level: int, code: Tensor, acting: dict[str, Any])
     h = agent.levels[below].autoencoder.decode(code.float())  # (N, D_below)
     for j in range(below, 0, -1):
         world_model = agent.levels[j].world_model
-        stoch = acting["levels"][j]["latent"]["stoch"]
+        stoch = acting.levels[j].latent["stoch"]
         features = torch.cat([stoch.flatten(-2).to(h.dtype), h], -1)
         observation = world_model.decode(features)["vector"].mode()  # (N, slots * feature_dim_{j-1})
         lower = agent.levels[j - 1].world_model.dynamics
         newest = observation.reshape(observation.shape[0], -1, lower.feature_dim)[:, -1]
         h = newest[:, lower.stoch_flat :]  # (N, D_{j-1}): the deter part of [stoch_flat, deter]
-    stoch0 = acting["levels"][0]["latent"]["stoch"]
+    stoch0 = acting.levels[0].latent["stoch"]
     features0 = torch.cat([stoch0.flatten(-2).to(h.dtype), h], -1)
     return world_model0.decoders["image"](features0)
 
@@ -132,22 +133,18 @@ def subgoal_frames(
         obs = envs.reset(seed=seed)
         frames = []
         for _ in range(steps):
-            actions, _ = agent.act(obs, acting, "sampled")
+            actions, _, acting = agent.act(obs, acting, "sampled")
             real = torch.as_tensor(obs["image"][:1], device=device).float() / 255.0  # (1, H, W, C)
             rows = []
             for level in reversed(range(1, len(agent.levels))):
-                code = acting["levels"][level - 1]["goal_code"][:1]
-                image = decode_subgoal(agent, level, code, {"levels": _first_env(acting["levels"])})
+                code = acting.levels[level - 1].goal_code[:1]
+                image = decode_subgoal(agent, level, code, acting.env(0))
                 rows.append(_minmax(image.float()))
             frames.append(_to_uint8(torch.cat([*rows, real], 1))[0])  # (L*H, W, C)
             obs = envs.step(actions)
         return np.stack(frames)
     finally:
         envs.close()
-
-
-def _first_env(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"latent": {key: value[:1] for key, value in entry["latent"].items()}} for entry in levels]
 
 
 # ------------------------------------------------------------------------- a run's media
