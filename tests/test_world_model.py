@@ -383,3 +383,16 @@ def test_open_loop_video(registry, minatar_replay, mode_sampling):
     other = world_model.open_loop_video(changed, context=5).reshape(length, 3, size, 3, size, 3)
     np.testing.assert_array_equal(other[:, 1], model)
     assert not np.array_equal(other[5:, 0], truth[5:])
+
+
+def test_loss_rejects_a_batch_whose_shapes_disagree(registry):
+    world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4)
+    good = random_batch(2, 8, 4)
+    world_model.loss(good)
+    for key, bad in {
+        "action": good["action"][..., :3],  # 3 actions where the model has 4
+        "reward": good["reward"][:, :7],  # one step short
+        "image": good["image"][:1],  # another batch size
+    }.items():
+        with pytest.raises(ValueError, match=key):
+            world_model.loss({**good, key: bad})

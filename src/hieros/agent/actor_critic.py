@@ -145,6 +145,14 @@ class ActorCritic(nn.Module):
         rewards[term] (H, N): the term's reward of each state; cont (H, N): continue probability of each state
         (cont[0] from the data). Returns (actor loss, critic loss per term, metrics).
         """
+        horizon, starts = cont.shape
+        if inputs.shape[:2] != (horizon, starts) or actions.shape != (horizon, starts, self.action_dim):
+            raise ValueError(
+                f"actor-critic losses: inputs (H, N, I) and actions (H, N, {self.action_dim}) must match cont (H, N) "
+                f"= {(horizon, starts)}; got {tuple(inputs.shape)} and {tuple(actions.shape)}"
+            )
+        if any(tuple(rewards[term].shape) != (horizon, starts) for term in self.reward_weights):
+            raise ValueError(f"actor-critic losses: every reward term must be (H, N) = {(horizon, starts)}")
         cfg = self.config
         discount = cfg["discount"]
         # w_t = c_0 prod_{k=1..t} gamma c_k (DreamerV3): the discounted probability that s_t is still in the

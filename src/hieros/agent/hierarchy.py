@@ -73,13 +73,13 @@ class Hierarchy(nn.Module):
             shared = levels[0].world_model if (level > 0 and hierarchy["shared_world_model"]) else None
             subactor = Subactor(
                 level,
-                shapes,
-                action_shape,
-                make_dynamics,
-                goal_encoding,
-                level_reward_weights(cfg, level),
-                cfg,
-                shared,
+                obs_shapes=shapes,
+                action_shape=action_shape,
+                make_dynamics=make_dynamics,
+                goal_encoding=goal_encoding,
+                reward_weights=level_reward_weights(cfg, level),
+                cfg=cfg,
+                world_model=shared,
                 needs_decoder=not top,
             )
             levels.append(subactor)

@@ -58,6 +58,7 @@ class Subactor(nn.Module):
     def __init__(
         self,
         level: int,
+        *,
         obs_shapes: Mapping[str, tuple[int, ...]],
         action_shape: tuple[int, int],
         make_dynamics: Callable[[int, int], Any],

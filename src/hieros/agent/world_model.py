@@ -120,8 +120,23 @@ class WorldModel(nn.Module):
             prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
         return prev * (~is_first).unsqueeze(-1).to(prev.dtype)
 
+    def _check_batch(self, batch: Mapping[str, Tensor]) -> None:
+        """Shapes of a training window: is_first, is_terminal, reward (B, T); action (B, T, A); observations
+        (B, T, ...). Static shapes only, so ``torch.compile`` traces it away."""
+        window = tuple(batch["is_first"].shape)
+        expected = {"is_first": window, "is_terminal": window, "reward": window, "action": (*window, self.action_dim)}
+        for key, shape in expected.items():
+            if len(window) != 2 or tuple(batch[key].shape) != shape:
+                raise ValueError(f"world-model batch: {key} must be {shape} (B, T, ...), got {tuple(batch[key].shape)}")
+        for key in self.obs_keys:
+            if tuple(batch[key].shape[:2]) != window:
+                raise ValueError(
+                    f"world-model batch: {key} must start with (B, T) = {window}, got {tuple(batch[key].shape)}"
+                )
+
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, State, dict[str, Tensor]]:
         """Eq. 6-9 on a (B, T) window. Returns (loss, posterior states, metrics)."""
+        self._check_batch(batch)
         cfg = self.config
         is_first = batch["is_first"]
         embed = self.encode(batch)
