@@ -326,13 +326,18 @@ def test_kill9_then_rerun_gives_one_consistent_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("sig", "handler_after"),
-    [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)],
-    ids=["sigterm", "ctrl-c"],
+    ("sig", "handler_before"),
+    [
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGINT, signal.SIG_IGN),  # a run started in the background by a shell (`cmd &`, nohup): SIGINT ignored
+    ],
+    ids=["sigterm", "ctrl-c", "sigint-to-a-background-run"],
 )
-def test_a_stop_signal_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, capsys, sig, handler_after):
+def test_a_stop_signal_checkpoints_at_once_exits_and_resumes_there(tmp_path, home, capsys, sig, handler_before):
     """SLURM preemption (SIGTERM) and Ctrl-C (SIGINT): checkpoint at the current step, exit 128 + signal number
-    (no KeyboardInterrupt for Ctrl-C); the rerun resumes there."""
+    (no KeyboardInterrupt for Ctrl-C); the rerun resumes there. A SIGINT sent to a run whose shell started it with
+    SIGINT ignored stops it too (it used to checkpoint and then train on)."""
     import threading
 
     from hieros.training.loop import train
@@ -348,15 +353,17 @@ def test_a_stop_signal_checkpoints_at_once_exits_and_resumes_there(tmp_path, hom
         os.kill(os.getpid(), sig)
 
     killer = threading.Thread(target=stop, daemon=True)
+    original = signal.signal(sig, handler_before)
     killer.start()
     try:
         with pytest.raises(SystemExit) as exit_info:
             train(compose_config("training.steps=400", "logger=none"), Registry.default(), run_dir)
+        assert exit_info.value.code == 128 + sig
+        assert signal.getsignal(sig) is handler_before  # the handler is put back
     finally:
         finished.set()
         killer.join()
-    assert exit_info.value.code == 128 + sig
-    assert signal.getsignal(sig) is handler_after  # the handler is removed again
+        signal.signal(sig, original)
     stopped = CheckpointDir(run_dir / "checkpoints").paths()[-1][0]
     assert target <= stopped < target + 40, f"checkpoint at {stopped}, signal at step >= {target}"
 

@@ -15,6 +15,10 @@ zero state before step t": x_t = B̄ u_t. The layer computes in float32/complex6
 
 The parallel form is a log-depth, work-efficient scan over time: 2·ceil(log2 T) vectorised levels, no recursion
 and no per-timestep loop (:func:`linear_scan`, :func:`resettable_scan`).
+
+Why one file of ~430 lines: the scans, the layer and the double block are one numerical unit that the equivalence
+tests (parallel scan = recurrence, resets, gradients; ``tests/test_s5.py``) check together; about a third of it is
+docstrings and input checks.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ state was taken are discarded; if they wrapped the ring over part of the saved d
 overwritten oldest steps are dropped too (with a warning). ``read_only=True`` opens an existing
 directory without write access (for analysis next to, or after, a run: ``hieros.diagnose``); :meth:`read`
 returns stored steps of one stream in time order.
+
+Why one file of ~470 lines: the ring layout, the item arithmetic, the on-disk files and the checkpoint state all
+share the same (stream, absolute step) indexing; split apart, each part would need the others' invariants.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class Preemption:
             return
         if signum == signal.SIGINT:
             # Ctrl-C always stops, checkpoint written: a clean exit instead of a KeyboardInterrupt. A handler some
-            # library installed before the run is still called, but returning from it does not resume training.
+            # library installed before the run is still called, but returning from it does not resume training;
+            # SIG_IGN (what a shell gives a job it starts in the background: `cmd &`, nohup) does not either.
             if self._previous.get(signum) not in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN, None):
                 self._call_previous(signum, None)
             raise SystemExit(128 + signum)
