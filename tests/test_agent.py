@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from helpers import config_composer, random_batch
 from hieros.agent.actor_critic import ActorCritic, lambda_returns
 from hieros.agent.hierarchy import Hierarchy
+from hieros.agent.reward_weights import level_reward_weights
 from hieros.agent.subgoal import SubgoalAutoencoder, subgoal_reward
-from hieros.config import level_reward_weights
 
 compose_config = config_composer("model=tiny", "env=gym")  # fixture registry: conftest.py
 

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hieros import config
-from hieros.config import RULES, ConfigError, Rule, level_reward_weights, validate
+from hieros.agent.reward_weights import level_reward_weights
+from hieros.config import RULES, ConfigError, Rule, validate
 from hieros.registry import GROUPS, Registry, register
 
 EXPERIMENT_GROUP = "experiment"  # an overlay group, not in the defaults list: selected with +experiment=NAME

@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hieros.agent.reward_weights import level_reward_weights
 from hieros.registry import GROUPS, Registry, UnknownComponentError
 
-PAPER_SUBGOAL_WEIGHT = 0.3
 # Precisions the training step honours: fp32, or bf16 autocast around the networks (no loss scaler needed).
 # 16-mixed needs a loss scaler stepping each optimizer, and bf16-true / 64-true need the modules converted by
 # fabric.setup_module; the agent's optimizers are not set up through Fabric yet, so these are refused (issue 15).
@@ -262,21 +262,3 @@ def _validate_components(cfg: DictConfig, registry: Registry) -> None:
                 check(OmegaConf.to_container(node, resolve=True))
             except (ValueError, KeyError) as error:
                 raise ConfigError(f"{group}: {error}") from None
-
-
-def level_reward_weights(cfg: DictConfig, level: int) -> dict[str, float]:
-    """The reward weights of eq. 1 that apply at ``level``; terms a level does not have are omitted.
-
-    Every level but the top has a subgoal (weight w_g, the paper's 0.3 when the config says null). Novelty is
-    rewarded on every level, or only above level 0 with ``novelty_levels: higher`` (the original sweep).
-    """
-    hierarchy = cfg["hierarchy"]
-    weights_cfg = hierarchy["reward_weights"]
-    weights = {"extrinsic": float(weights_cfg["extrinsic"])}
-    if level < hierarchy["layers"] - 1:  # every level below the top has a subgoal
-        subgoal = weights_cfg["subgoal"]
-        weights["subgoal"] = PAPER_SUBGOAL_WEIGHT if subgoal is None else float(subgoal)
-    novelty_here = hierarchy["layers"] > 1 and (hierarchy["novelty_levels"] == "all" or level > 0)
-    if novelty_here:
-        weights["novelty"] = float(weights_cfg["novelty"])
-    return {name: weight for name, weight in weights.items() if weight > 0 or name == "extrinsic"}

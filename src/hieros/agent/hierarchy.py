@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from hieros.agent.acting_state import ActingState, LevelActingState
+from hieros.agent.reward_weights import level_reward_weights
 from hieros.agent.subactor import Subactor
 from hieros.agent.world_model import build_dynamics
-from hieros.config import level_reward_weights
 from hieros.nets.distributions import one_hot
 from hieros.sequence_models.base import State
 
