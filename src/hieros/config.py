@@ -116,6 +116,8 @@ RULES: tuple[Rule, ...] = (
     Rule("training.checkpoint_minutes", _number_in(0.0), "a number >= 0"),
     Rule("training.keep_checkpoints", _int_in(1), "an integer >= 1"),
     Rule("training.resume", _one_of("auto", "must", "never"), "auto | must | never"),
+    Rule("training.compile", _is_bool, "true | false"),
+    Rule("training.compile_backend", _one_of("inductor", "aot_eager", "eager"), "inductor | aot_eager | eager"),
     Rule("fabric.precision", _one_of(*PRECISIONS), " | ".join(PRECISIONS)),
     Rule(
         "fabric.devices",

@@ -16,6 +16,7 @@ from hieros.diagnose.loading import LoadedRun
 from hieros.diagnose.open_loop_error import open_loop
 from hieros.diagnose.prior_action_sensitivity import action_sensitivity
 from hieros.diagnose.replay_data import load_episodes, sample_windows, to_tensors
+from hieros.nets.distributions import one_hot
 
 
 def _test_actions(level, index: int, num_codes: int, seed: int) -> Tensor:
@@ -25,7 +26,7 @@ def _test_actions(level, index: int, num_codes: int, seed: int) -> Tensor:
         return torch.eye(classes)
     generator = torch.Generator().manual_seed(seed)
     choice = torch.randint(classes, (num_codes, latents), generator=generator)
-    return torch.nn.functional.one_hot(choice, classes).float().flatten(1)
+    return one_hot(choice, classes).flatten(1)
 
 
 def diagnose_run(
