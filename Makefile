@@ -9,6 +9,8 @@ STAMP := $(VENV)/.hieros-install.stamp
 # SLURM tests skip themselves when no cluster answers (tests/conftest.py).
 MARKERS ?=
 PYTEST_ARGS ?=
+# extra arguments of `make bench`, e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --only agent"
+BENCH_ARGS ?=
 
 .PHONY: install test test-fast bench lint run
 
@@ -19,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[test,hpo]'
 	@touch $@
 
 test: install
@@ -29,7 +31,7 @@ test-fast: install  ## everything except the slow end-to-end checks
 	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m hieros.bench --out bench.json
+	$(PY) -m hieros.bench --out bench.json $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -115,20 +115,32 @@ def test_interpolated_sizes_follow_the_model_group(hydra_compose: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ single rules
-BAD_CANDIDATES: tuple[Any, ...] = (-7, 0, 0.5, 1.5, 5, 10**9, -0.25, "bogus", None, True)
+BAD_CANDIDATES: tuple[Any, ...] = (-7, 0, 0.5, 1.5, 5, 10**9, -0.25, "bogus", "", None, True)
 
 
 def _bad_values(rule: Rule) -> list[Any]:
     return [value for value in BAD_CANDIDATES if not rule.check(value)]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=[rule.key for rule in RULES])
-def test_every_rule_rejects_bad_values_in_one_line(rule: Rule, default_cfg: DictConfig) -> None:
-    assert rule.check(OmegaConf.select(default_cfg, rule.key)), "the default must pass its own rule"
+def _rule_id(rule: Rule) -> str:
+    return f"{rule.key}@{'/'.join(rule.components)}" if rule.components else rule.key
+
+
+def _where_it_applies(rule: Rule, default_cfg: DictConfig, hydra_compose: Any) -> DictConfig:
+    """The default config, or for a component's own key the config that selects that component."""
+    return default_cfg if rule.applies(default_cfg) else hydra_compose(f"{rule.key.split('.')[0]}={rule.components[0]}")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[_rule_id(rule) for rule in RULES])
+def test_every_rule_rejects_bad_values_in_one_line(rule: Rule, default_cfg: DictConfig, hydra_compose: Any) -> None:
+    cfg = _where_it_applies(rule, default_cfg, hydra_compose)
+    assert rule.check(OmegaConf.select(cfg, rule.key)), "the default must pass its own rule"
     bad_values = _bad_values(rule)
-    assert "bogus" in bad_values and len(bad_values) >= 2, "a rule should reject a wrong type and a value out of range"
+    assert ("bogus" in bad_values or "" in bad_values) and len(bad_values) >= 2, (
+        "a rule should reject a wrong type and a value out of range"
+    )
     for value in bad_values:
-        message = _invalid(_with(default_cfg, {rule.key: value}))
+        message = _invalid(_with(cfg, {rule.key: value}))
         assert message == f"{rule.key}={_shown(value)} is invalid: allowed is {rule.allowed}"
 
 
@@ -144,6 +156,9 @@ def test_every_rule_rejects_bad_values_in_one_line(rule: Rule, default_cfg: Dict
         ("training.eval_every", 0),
         ("hierarchy.reward_weights.subgoal", 0.0),
         ("fabric.precision", "bf16-mixed"),
+        ("fabric.precision", "bf16-true"),
+        ("fabric.precision", "16-mixed"),
+        ("fabric.deterministic", "warn"),
     ],
 )
 def test_values_on_the_edge_of_a_range_are_accepted(key: str, value: Any, default_cfg: DictConfig) -> None:
@@ -154,6 +169,60 @@ def test_values_on_the_edge_of_a_range_are_accepted(key: str, value: Any, defaul
 def test_an_unreadable_value_is_one_line_naming_the_key(value: str, hydra_compose: Any) -> None:
     message = _invalid(hydra_compose(f"training.steps={value}"))
     assert message.startswith("training.steps cannot be read")
+
+
+@pytest.mark.parametrize(
+    "modes", [[], ["sampled", "bogus"], ["greedy", "greedy"], "greedy"], ids=["empty", "unknown", "twice", "string"]
+)
+def test_eval_modes_must_be_a_list_of_known_modes(modes: Any, default_cfg: DictConfig) -> None:
+    assert _invalid(_with(default_cfg, {"training.eval_modes": modes})).startswith(
+        f"training.eval_modes={_shown(modes)} is invalid: allowed is a non-empty list of sampled | greedy"
+    )
+    validate(_with(default_cfg, {"training.eval_modes": ["greedy"]}))
+
+
+def test_a_component_rule_holds_only_for_its_component(default_cfg: DictConfig) -> None:
+    """env.game names an Atari game for env=atari100k and a MinAtar game for env=minatar; a sequence model without
+    acting_context (a plugin's) uses the keyword's default."""
+    minatar = {"env.name": "minatar", "env.obs": "rgb", "env.max_steps": 9}
+    validate(_with(default_cfg, {**minatar, "env.game": "asterix"}))
+    validate(_with(default_cfg, {"env.game": "ms_pacman"}))
+    message = _invalid(_with(default_cfg, {**minatar, "env.game": "ms_pacman"}))
+    assert message.startswith("env.game='ms_pacman' is invalid: allowed is breakout | freeway | asterix")
+    cfg = copy.deepcopy(default_cfg)
+    with open_dict(cfg):
+        del cfg.sequence_model["acting_context"]
+    validate(cfg)
+
+
+def _uncovered_keys(cfg: DictConfig) -> list[str]:
+    """Leaf keys of ``cfg`` that no rule of config.RULES checks (a registry group's ``name`` is checked against the
+    registry)."""
+    covered = {rule.key for rule in RULES if rule.applies(cfg)} | {f"{group}.name" for group in GROUPS}
+
+    def leaves(node: Any, prefix: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1]
+
+    return sorted(set(leaves(OmegaConf.to_container(cfg, resolve=False), "")) - covered)
+
+
+def test_the_coverage_check_sees_a_key_without_a_rule(default_cfg: DictConfig) -> None:
+    assert _uncovered_keys(default_cfg) == []
+    assert _uncovered_keys(_with(default_cfg, {"agent.world_model.new_knob": 1, "sampler.extra": 2})) == [
+        "agent.world_model.new_knob",
+        "sampler.extra",
+    ]
+
+
+@pytest.mark.parametrize("override", _config_options())
+def test_every_key_of_every_option_has_a_rule(override: str, hydra_compose: Any) -> None:
+    """Types, ranges and enums of every key fail at composition (python -m hieros validates before anything runs):
+    a new key in a shipped config file needs a rule in hieros.config.RULES."""
+    assert _uncovered_keys(hydra_compose(override)) == []
 
 
 # ---------------------------------------------------------------------------------------------- combinations
@@ -184,12 +253,19 @@ COMBINATION_CASES: list[tuple[dict[str, Any], str]] = [
         {"hierarchy.layers": 1, "training.replay_capacity": 100, "training.num_envs": 4},
         "training.replay_capacity=100 is invalid",
     ),
-    ({"training.eval_modes": []}, "training.eval_modes=[] is invalid"),
-    ({"training.eval_modes": ["sampled", "bogus"]}, "training.eval_modes=['sampled', 'bogus'] is invalid"),
-    ({"sequence_model.h_source": "stack"}, "sequence_model.h_source='stack' is invalid: allowed is state | output"),
     (
-        {"sequence_model.acting_context": "sliding"},
-        "sequence_model.acting_context='sliding' is invalid: allowed is episode | window",
+        {"sequence_model.state_size": 30},
+        "sequence_model.state_size=30 is invalid with sequence_model.init_blocks=4",
+    ),
+    ({"sequence_model.dt_min": 0.5}, "sequence_model.dt_min=0.5 is invalid with sequence_model.dt_max=0.1"),
+    ({"fabric.precision": "64-true"}, "fabric.precision='64-true' is invalid: allowed is 32-true"),
+    (
+        {"fabric.accelerator": "cpu", "fabric.precision": "16-mixed"},
+        "fabric.accelerator='cpu' is invalid with fabric.precision='16-mixed'",
+    ),
+    (
+        {"fabric.deterministic": True, "fabric.cudnn_benchmark": True},
+        "fabric.cudnn_benchmark=true is invalid with fabric.deterministic=true",
     ),
 ]
 
@@ -248,6 +324,79 @@ def test_a_missing_component_group_is_named(default_cfg: DictConfig, registry: R
     with open_dict(cfg):
         del cfg["goal_encoding"]
     assert _invalid(cfg, registry) == "goal_encoding is missing: allowed is one of decoded, encoded"
+
+
+@pytest.mark.parametrize(
+    ("group", "name", "choice", "expected"),
+    [
+        ("sampler", "etbs", "etbs", None),
+        ("sampler", "etbs", "etbs_fast", None),  # a variant of etbs: sampler/etbs_fast.yaml, name: etbs
+        ("env", "gym", "gym_acrobot", None),
+        ("sampler", "etbs", "newest", "sampler.name='etbs' disagrees with the choice sampler=newest"),  # copied
+        ("sampler", "uniform", "etbs", "sampler.name='uniform' disagrees with the choice sampler=etbs"),
+        ("sampler", "etbs", "etbs_original", "sampler.name='etbs' disagrees"),  # etbs_original is registered itself
+        ("env", "atari100k", "pong", "env.name='atari100k' disagrees with the choice env=pong"),
+        ("goal_encoding", "encoded", None, None),  # no Hydra choice (a config composed without Hydra)
+    ],
+)
+def test_a_group_name_must_agree_with_the_chosen_file(
+    group: str, name: str, choice: str | None, expected: str | None, registry: Registry
+) -> None:
+    problem = config.component_name_problem(group, name, choice, registry)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected) and "\n" not in problem
+        assert f"{group}/{choice}.yaml must say name: {choice}" in problem
+
+
+def test_validate_checks_the_group_name_against_the_choices(default_cfg: DictConfig, registry: Registry) -> None:
+    choices = {"env": "atari100k", "sequence_model": "s5", "sampler": "etbs", "goal_encoding": "encoded"}
+    validate(default_cfg, registry, choices=choices)
+    with pytest.raises(ConfigError, match=r"^sampler.name='etbs' disagrees with the choice sampler=tbs"):
+        validate(default_cfg, registry, choices={**choices, "sampler": "tbs"})
+
+
+def _user_group_file(folder: Path, group: str, option: str, text: str) -> str:
+    """``folder/group/option.yaml`` and the override that puts ``folder`` on Hydra's search path."""
+    (folder / group).mkdir(parents=True, exist_ok=True)
+    (folder / group / f"{option}.yaml").write_text(text)
+    return f"hydra.searchpath=[file://{folder},pkg://hieros.launchers]"
+
+
+def test_a_copied_group_file_with_the_old_name_exits_2_before_anything_is_written(
+    python_runner, tmp_path: Path, conf_dir: Path
+) -> None:
+    searchpath = _user_group_file(
+        tmp_path / "my_conf", "sampler", "newest", (conf_dir / "sampler" / "etbs.yaml").read_text()
+    )
+    run_dir = tmp_path / "run"
+    done = python_runner("-m", "hieros", searchpath, "sampler=newest", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("hieros: invalid config: sampler.name='etbs' disagrees with the choice sampler=newest: ")
+    assert "sampler/newest.yaml must say name: newest" in line
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+    assert not list(tmp_path.glob("hieros-home/**/mlflow.db")), "no MLflow store or run may be created"
+    done = python_runner(
+        "-m", "hieros", "sampler=etbs", "sampler.name=uniform", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert done.returncode == 2 and "sampler.name='uniform' disagrees with the choice sampler=etbs" in done.stderr
+
+
+def test_a_variant_group_file_passes_the_name_check(python_runner, tmp_path: Path) -> None:
+    """sampler/etbs_hot.yaml (name: etbs, another temperature) is a variant of etbs: the run gets past the name check
+    and stops at the next rule (an invalid depth-1 override, so nothing trains)."""
+    searchpath = _user_group_file(
+        tmp_path / "my_conf", "sampler", "etbs_hot", "name: etbs  # a variant\ntemperature: 0.9  # hotter\n"
+    )
+    done = python_runner(
+        "-m", "hieros", searchpath, "sampler=etbs_hot", "hierarchy.layers=1", "hierarchy.reward_weights.subgoal=0.5",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "hierarchy.reward_weights.subgoal=0.5 is invalid with hierarchy.layers=1" in done.stderr
+    assert "disagrees" not in done.stderr
 
 
 def test_a_components_own_config_check_runs_after_composition(default_cfg: DictConfig) -> None:

@@ -284,11 +284,14 @@ def _sweep_runs(client: MlflowClient, experiment: str = "default"):
 def _check_sweep(client: MlflowClient, sweep: Path, seeds: list[int], launcher: str) -> None:
     parent, children = _sweep_runs(client)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_dir"] == str(sweep)
+    assert parent.data.params["sweep.seed"] == ",".join(map(str, seeds))  # the grid, and the children's scores
+    assert {"final_eval/greedy_score_mean", "final_eval/greedy_score_min"} <= set(parent.data.metrics)
     assert f"seed={','.join(map(str, seeds))}" in parent.data.tags["overrides"].split()
     assert [run.info.status for run in children] == ["FINISHED"] * len(seeds)
     for num, (run, seed) in enumerate(zip(children, seeds)):
         tags = run.data.tags
         assert (tags["seed"], tags["hydra.job.num"], tags["choice.launcher"]) == (str(seed), str(num), launcher)
+        assert run.info.run_name == f"seed={seed}"  # named by its value of the swept key
         assert f"seed={seed}" in tags["overrides"].split() and tags["env.id"] == "CartPole-v1"
         assert tags["run_dir"] == str(sweep / str(num)) and tags["choice.experiment"] == "smoke"
         assert (sweep / str(num) / "mlflow_run_id").read_text().strip() == run.info.run_id

@@ -15,16 +15,29 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hieros.config import ConfigError, validate
 from hieros.registry import Registry, RegistryError
+from hieros.training.objective import ObjectiveError, objective_problem, objective_value
+
+
+def group_choices() -> dict[str, str | None]:
+    """This run's config group choices (``sampler: etbs``, ``hydra/sweeper: optuna``, ...)."""
+    return dict(HydraConfig.get().runtime.choices)
+
+
+def optimising() -> bool:
+    """A multirun whose sweeper uses what each job returns (any sweeper but Hydra's basic grid sweeper)."""
+    sweeper = group_choices().get("hydra/sweeper")
+    return HydraConfig.get().mode == RunMode.MULTIRUN and sweeper not in (None, "basic")
 
 
 def reference_config() -> DictConfig | None:
     """The config of this run's group choices without the experiment overlay and key overrides (the key schema), or
     None where Hydra cannot compose here (then only the value rules apply)."""
-    choices = HydraConfig.get().runtime.choices
+    choices = group_choices()
     overrides = [
         f"{group}={option}"
         for group, option in choices.items()
@@ -36,11 +49,15 @@ def reference_config() -> DictConfig | None:
         return None
 
 
-def run(cfg: DictConfig) -> dict | None:
-    """Validate, then train in the Hydra run directory (a sweep job's own directory under multirun)."""
+def run(cfg: DictConfig) -> float | None:
+    """Validate, then train in the Hydra run directory (a sweep job's own directory under multirun); returns the
+    metric ``training.objective`` names (:mod:`hieros.training.objective`), the number an optimising sweeper gets."""
     registry = Registry.default()
+    searching = optimising()
     try:
-        validate(cfg, registry, reference=reference_config())
+        validate(cfg, registry, reference=reference_config(), choices=group_choices())
+        if searching and (problem := objective_problem(cfg)):
+            raise ConfigError(problem)
     except (ConfigError, RegistryError) as error:
         print(f"hieros: invalid config: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -49,9 +66,11 @@ def run(cfg: DictConfig) -> dict | None:
     from hieros.training.loop import train
     from hieros.training.run_lock import RunDirBusyError
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return train(cfg, registry, Path(HydraConfig.get().runtime.output_dir))
+        scores = train(cfg, registry, run_dir)
     except (
+        ConfigError,  # one only the machine can show (16-mixed with accelerator=auto and no GPU)
         RunDirBusyError,
         CheckpointWriteError,
         IncompatibleCheckpointError,
@@ -60,10 +79,17 @@ def run(cfg: DictConfig) -> dict | None:
     ) as error:
         print(f"hieros: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        return objective_value(cfg.training.objective, scores, run_dir / "metrics.jsonl")
+    except ObjectiveError as error:
+        if not searching:  # a single run or a grid sweep does not use the value
+            return None
+        print(f"hieros: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://hieros.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 

@@ -1,5 +1,10 @@
 """``python -m hieros.eval checkpoint=PATH [episodes=N] [video=true] [out=DIR] ...`` (also ``hieros-eval``).
 
+``checkpoint=runs:/RUN_ID`` (or the bare MLflow run id) evaluates a training run found in the MLflow store: its run
+directory (the run's tag ``run_dir``) and that directory's newest good checkpoint; when the directory is not on this
+machine, the newest checkpoint the run uploaded (``logger.log_checkpoints=true``) is downloaded into
+``<out or ./eval_RUN_ID>/checkpoints/``.
+
 Evaluates a saved agent: loads the configuration stored in the checkpoint, builds the agent, loads its weights and
 runs N episodes in fresh environments. Writes ``eval_step<N>_<mode>.json`` (returns, lengths, mean) and, for image
 environments, ``eval_step<N>_<mode>.gif/.mp4`` of the episodes (level-0 observations) next to the checkpoint (in
@@ -8,7 +13,8 @@ environments, ``eval_step<N>_<mode>.gif/.mp4`` of the episodes (level-0 observat
 to a new run of the same experiment.
 
 Arguments (``key=value``):
-    checkpoint      a ``.ckpt`` file, or a run directory (its newest good checkpoint)      (required)
+    checkpoint      a ``.ckpt`` file, a run directory (its newest good checkpoint), or an MLflow run:
+                    ``runs:/RUN_ID`` or RUN_ID                                            (required)
     episodes        episodes to run                                                       (default 10)
     mode            sampled | greedy: the policy at every level                           (default greedy)
     video           write a video of the episodes                                         (default true)
@@ -17,10 +23,14 @@ Arguments (``key=value``):
     seed            seed of the evaluation environments            (default: the run's seed + 300000)
     mlflow          log to MLflow (the store in MLFLOW_TRACKING_URI or the run's)        (default true)
     device          cpu | cuda | auto                                                     (default cpu)
+    tracking_uri    the MLflow store of ``checkpoint=runs:/RUN_ID`` and of the logged evaluation
+                    (default: MLFLOW_TRACKING_URI, else sqlite:///<HIEROS_HOME or ./hieros-runs>/mlflow.db)
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": None,
     "mlflow": True,
     "device": "cpu",
+    "tracking_uri": None,
 }
+RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})/?$")  # an MLflow run: runs:/<32 hex digits> or the bare id
 
 
 class EvalError(ValueError):
@@ -91,6 +103,50 @@ def find_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
         raise EvalError(str(error)) from None
 
 
+def store_uri(given: str | None) -> str:
+    """``tracking_uri=`` as given (sqlite paths made absolute), else the store training runs use by default."""
+    from hieros.training.mlflow_store import resolve_tracking_uri, sqlite_path
+
+    if given:
+        path = sqlite_path(str(given))
+        return str(given) if path is None else f"sqlite:///{path.resolve()}"
+    return resolve_tracking_uri(None, os.environ.get("HIEROS_HOME") or "hieros-runs")
+
+
+def run_checkpoint(run_id: str, uri: str, out: str | None) -> Path:
+    """The run directory MLflow recorded for training run ``run_id`` or, when it is not on this machine, the newest
+    checkpoint the run uploaded, downloaded into ``<out or ./eval_RUN_ID>/checkpoints``."""
+    from hieros.training.mlflow_store import probe, sqlite_path
+
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise EvalError(f"no MLflow store at {database}: pass tracking_uri=... or set MLFLOW_TRACKING_URI")
+    problem = probe(uri)
+    if problem is not None:
+        raise EvalError(f"MLflow store {uri} is unreachable ({problem})")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - not in this store
+        raise EvalError(f"MLflow run {run_id} is not in {uri}: pass tracking_uri=... of the store it is in") from None
+    run_dir = run.data.tags.get("run_dir")
+    if not run_dir:
+        raise EvalError(f"MLflow run {run_id} is not a hieros training run (it has no run_dir tag)")
+    if Path(run_dir).is_dir():
+        return Path(run_dir)
+    uploaded = sorted(item.path for item in client.list_artifacts(run_id, "checkpoints") if item.path.endswith(".ckpt"))
+    if not uploaded:
+        raise EvalError(
+            f"the run directory {run_dir} of MLflow run {run_id} is not on this machine and the run uploaded no "
+            f"checkpoints (logger.log_checkpoints=true does); evaluate there, or pass checkpoint=<file>.ckpt"
+        )
+    folder = (Path(out).expanduser() if out else Path(f"eval_{run_id}")).resolve() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, uploaded[-1], str(folder)))
+
+
 def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     """Run the evaluation ``args`` (see :data:`DEFAULTS`) describes; returns the content of the scores JSON."""
     import torch
@@ -102,7 +158,15 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     from hieros.training.evaluation import run_episodes
     from hieros.training.media import write_video
 
-    path, payload = find_checkpoint(Path(args["checkpoint"]).expanduser().resolve())
+    source = str(args["checkpoint"])
+    uri = store_uri(args["tracking_uri"])
+    run = RUN_ID.match(source)
+    if run is not None and (source.startswith("runs:/") or not Path(source).expanduser().exists()):
+        path, payload = find_checkpoint(run_checkpoint(run.group(1), uri, args["out"]).resolve())
+    elif source.startswith("runs:/"):
+        raise EvalError(f"checkpoint={source} is invalid: an MLflow run is runs:/<32-digit run id>")
+    else:
+        path, payload = find_checkpoint(Path(source).expanduser().resolve())
     config = payload["config"]
     step = int(payload.get("counters", {}).get("step", 0))
     device = torch.device(
@@ -158,25 +222,30 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     scores["files"] = [str(file) for file in files]
     write_json_atomic(files[0], scores)
     if args["mlflow"]:
-        scores["mlflow"] = log_to_mlflow(payload, path, step, scores, files)
+        given = store_uri(args["tracking_uri"]) if args["tracking_uri"] or run is not None else None
+        scores["mlflow"] = log_to_mlflow(payload, path, step, scores, files, tracking_uri=given)
         write_json_atomic(files[0], scores)
     return scores
 
 
 def log_to_mlflow(
-    payload: Mapping[str, Any], path: Path, step: int, scores: Mapping[str, Any], files: list[Path]
+    payload: Mapping[str, Any],
+    path: Path,
+    step: int,
+    scores: Mapping[str, Any],
+    files: list[Path],
+    tracking_uri: str | None = None,
 ) -> str:
-    """Log the evaluation to the checkpoint's MLflow run (or a new run); returns where it went, or why not."""
-    import os
-
+    """Log the evaluation to the checkpoint's MLflow run (or a new run) in ``tracking_uri`` (default: the store the
+    checkpoint recorded, or MLFLOW_TRACKING_URI); returns where it went, or why not."""
     from hieros.training.mlflow_store import get_or_create_experiment, probe, resolve_tracking_uri
 
     config = payload["config"]
     recorded = payload.get("mlflow", {}) or {}
     logger = config.get("logger", {}) or {}
-    if logger.get("name") != "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if logger.get("name") != "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and not tracking_uri:
         return "not logged: the run was trained with logger=none (set MLFLOW_TRACKING_URI to log the evaluation)"
-    uri = resolve_tracking_uri(
+    uri = tracking_uri or resolve_tracking_uri(
         recorded.get("tracking_uri") or logger.get("tracking_uri"), config.get("paths", {}).get("root", "hieros-runs")
     )
     problem = probe(uri)

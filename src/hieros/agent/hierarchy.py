@@ -120,8 +120,9 @@ class Hierarchy(nn.Module):
         state = ActingState(torch.zeros(num_envs, dtype=torch.long, device=device))
         for index, level in enumerate(self.levels):
             dyn = level.world_model.dynamics
+            initial = dyn.initial(num_envs)  # acting keeps latents in float32 (complex64 S5 states) at any precision
             entry = LevelActingState(
-                latent={key: value.detach().clone() for key, value in dyn.initial(num_envs).items()},
+                latent={key: _float32(value).detach().clone() for key, value in initial.items()},
                 prev_action=torch.zeros(num_envs, level.actor_critic.action_dim, device=device),
                 reward_sum=torch.zeros(num_envs, device=device),
             )
@@ -178,7 +179,7 @@ class Hierarchy(nn.Module):
             if not level.owns_world_model:  # shared world model: this level acts on level 0's latent state
                 latent = {key: value[idx] for key, value in acting.levels[0].latent.items()}
                 for key, value in latent.items():
-                    entry.latent[key][idx] = value
+                    entry.latent[key][idx] = value.to(entry.latent[key].dtype)
                 entry.reward_sum[idx] = 0.0
                 observed[index] = idx
                 lower_idx, lower_feat = idx, wm.features(latent).float()
@@ -193,7 +194,7 @@ class Hierarchy(nn.Module):
                 latent = wm.dynamics.obs_step(prev_latent, prev_action, embed, is_first[idx])
                 latent.pop("prior_logit", None)
             for key, value in latent.items():
-                entry.latent[key][idx] = value
+                entry.latent[key][idx] = value.to(entry.latent[key].dtype)  # bf16-true: the model's bf16 outputs
             level_reward = self._interval_reward(entry.reward_sum[idx], self.k**index)
             entry.reward_sum[idx] = 0.0
             rows[index] = {
@@ -361,3 +362,7 @@ class Hierarchy(nn.Module):
     @staticmethod
     def to_tensors(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
         return {key: torch.as_tensor(value, device=device) for key, value in batch.items()}
+
+
+def _float32(value: Tensor) -> Tensor:
+    return value.float() if value.is_floating_point() else value

@@ -36,7 +36,9 @@ class Learner:
     """The training state of a :class:`Hierarchy`: per level an optimiser per network, a learning-rate warm-up for
     each world model it owns, and the number of updates made."""
 
-    def __init__(self, agent: Hierarchy, warmup_steps: int) -> None:
+    def __init__(self, agent: Hierarchy, warmup_steps: int, fabric: Any = None) -> None:
+        """``agent`` as ``fabric.setup_module`` returned it (or plain); with ``fabric`` every optimiser is set up
+        through ``fabric.setup_optimizers`` (its steps then go through the precision plugin)."""
         self.agent = agent
         self.optimizers: list[dict[str, torch.optim.Optimizer]] = [level.make_optimizers() for level in agent.levels]
         warmup = max(1, int(warmup_steps))
@@ -46,6 +48,11 @@ class Learner:
             for opts in self.optimizers
             if "world_model" in opts
         ]
+        if fabric is not None:
+            self.optimizers = [
+                {name: fabric.setup_optimizers(optimizer) for name, optimizer in optimizers.items()}
+                for optimizers in self.optimizers
+            ]
         self.updates = [0] * len(agent.levels)
 
     def train_step(self, sample: BatchSampler, fabric: Any) -> dict[str, dict[str, Tensor]]:

@@ -281,15 +281,30 @@ class Subactor(nn.Module):
         loss: Tensor, parts: Sequence[tuple[torch.optim.Optimizer, nn.Module, float]], fabric
     ) -> list[Tensor]:
         """One backward pass of ``loss``, then per (optimizer, module, clip): clip the module's gradient norm and
-        step. Returns each module's gradient norm before clipping."""
+        step. Returns each module's gradient norm before clipping.
+
+        With a loss scaler (``16-mixed``) the backward pass runs on the scaled loss; each optimizer's gradients are
+        unscaled before clipping and its step is skipped when they hold inf/NaN (``scaler.step``); the scale is
+        updated once, after all steps: one backward pass is one scaler iteration. (Fabric's ``optimizer.step`` would
+        update it after each optimizer, and its ``clip_gradients`` refuses fused AdamW under a scaler, which
+        ``GradScaler.unscale_`` + ``step`` handle.)"""
+        scaler = getattr(fabric.strategy.precision, "scaler", None)
         for optimizer, _, _ in parts:
             optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         norms = []
         for optimizer, module, clip in parts:
-            norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
-            optimizer.step()
+            if scaler is None:
+                norm = fabric.clip_gradients(module, optimizer, max_norm=clip, error_if_nonfinite=False)
+                optimizer.step()
+            else:
+                plain = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Fabric's wrapper
+                scaler.unscale_(plain)
+                norm = nn.utils.clip_grad_norm_(module.parameters(), max_norm=clip, error_if_nonfinite=False)
+                scaler.step(plain)
             norms.append(norm.detach() if isinstance(norm, Tensor) else torch.tensor(float("nan")))
+        if scaler is not None:
+            scaler.update()
         return norms
 
 

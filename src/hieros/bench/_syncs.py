@@ -8,13 +8,20 @@ every aten op through a ``TorchDispatchMode``, so it works on any device, withou
 asks for, which on CUDA is an upper bound of the syncs (a few CPU kernels check their inputs with extra reads that
 the CUDA kernels skip). A copy to the host (``.cpu()``) is not counted; ``act`` needs exactly one, for the
 environment actions.
+
+On CUDA, :class:`CudaSyncWarnings` counts the syncs that really happen: ``torch.cuda.set_sync_debug_mode("warn")``
+makes every synchronising CUDA call (a device-to-host copy, ``cudaStreamSynchronize``, ...) warn, and the warnings
+are counted by the line of Python that caused them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_OPS = frozenset(
@@ -38,3 +45,32 @@ class HostSyncCounter(TorchDispatchMode):
         if name in SYNC_OPS:
             self.by_op[name] += 1
         return func(*args, **(kwargs or {}))
+
+
+class CudaSyncWarnings:
+    """``with CudaSyncWarnings() as syncs: ...`` on a CUDA device, then ``syncs.total`` and ``syncs.by_site``
+    ({"file.py:line": count}, the Python line that caused each synchronising CUDA call)."""
+
+    def __init__(self) -> None:
+        self.by_site: Counter[str] = Counter()
+        self._catcher = warnings.catch_warnings(record=True)
+        self._records: list[warnings.WarningMessage] = []
+        self._previous: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_site.values())
+
+    def __enter__(self) -> CudaSyncWarnings:
+        self._records = self._catcher.__enter__()
+        warnings.simplefilter("always")  # the default filter would show each site once
+        self._previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        torch.cuda.set_sync_debug_mode(self._previous)
+        self._catcher.__exit__(*exc_info)
+        for record in self._records:
+            if "synchroniz" in str(record.message):
+                self.by_site[f"{Path(record.filename).name}:{record.lineno}"] += 1

@@ -1,8 +1,10 @@
 """Benchmark: resettable S5 parallel scan vs a step-by-step loop, and the imagination-time recurrent step.
 
-Setup (full run): CPU, ``torch.set_num_threads(2)``, the paper's sequence model = 4 double blocks
+Setup (full run): the device of ``--device`` (CPU unless a GPU is there), ``torch.set_num_threads(2)``, the
+paper's sequence model = 4 double blocks
 (:class:`hieros.nets.s5.S5Block`, H 256, P 128, J 4, i.e. 8 S5 layers), batch 16, T ∈ {64, 1024}, resets with
-probability 1/64 per step plus ``is_first[:, 0]``.
+probability 1/64 per step plus ``is_first[:, 0]``. On CUDA each timed run is fenced by ``torch.cuda.synchronize``;
+``--precision bf16-mixed`` runs the blocks under bf16 autocast (their S5 layers compute in float32/complex64 anyway).
 
 Run it as ``OMP_WAIT_POLICY=PASSIVE python -m hieros.bench.s5`` on a shared machine: with OpenMP's default spinning
 wait policy a 2-thread pool on oversubscribed cores spends most of its time waiting (measured: one block step
@@ -14,11 +16,13 @@ Figures (milliseconds are medians over ``iterations`` timed runs after ``warmup`
   ``S5Block.step`` T times with the discretisation computed once.
 * ``scan_train_ms`` / ``loop_train_ms``: forward + backward of ``out.square().mean() + states.real.mean()``.
 * ``*_saved_for_backward_mib``: bytes of the distinct tensor storages autograd saves for the backward pass
-  (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded: the activation memory of training.
+  (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded: the activation memory of training (in
+  float32, whatever ``--precision``).
 * ``*_peak_rss_delta_mib`` (full run only): torch has no CPU memory statistics, so each training step runs once in
   a fresh Python process, which resets its resident-set high-water mark (Linux ``/proc/self/clear_refs``) after
   building the model and inputs and reports VmHWM − VmRSS after the step: the peak extra resident memory of the
-  step, temporaries and allocator slack included.
+  step, temporaries and allocator slack included. On CUDA, ``*_peak_cuda_delta_mib`` instead (full run only): the
+  allocated GPU memory's peak during one training step above what was allocated before it, in this process.
 * ``imagination``: one rollout of ``horizon`` recurrent steps of the stack for ``starts`` start states
   (``no_grad``): with Λ̄, B̄ computed once per rollout, re-discretised at every step (the original's
   ``forward_rnn``, B̄ still shared), and one step with a per-sample B̄ (N, P, H) as the original's
@@ -42,6 +46,9 @@ from functools import partial
 import torch
 from torch import nn
 
+from hieros.bench._device import CPU, BenchOptions
+from hieros.bench._memory import measure_cuda_step
+from hieros.bench._timing import synchronize
 from hieros.nets.s5 import S5Block
 
 _LOG = logging.getLogger(__name__)
@@ -57,17 +64,18 @@ class _Config:
     seed: int = 0
 
 
-def _build(config: _Config) -> nn.ModuleList:
+def _build(config: _Config, device: torch.device | str = "cpu") -> nn.ModuleList:
     torch.manual_seed(config.seed)
-    return nn.ModuleList(S5Block(config.d_model, config.state_size, config.blocks) for _ in range(config.num_blocks))
+    blocks = (S5Block(config.d_model, config.state_size, config.blocks) for _ in range(config.num_blocks))
+    return nn.ModuleList(blocks).to(device)
 
 
-def _inputs(config: _Config, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(config: _Config, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(config.seed + 1)
     x = torch.randn(config.batch, length, config.d_model, generator=generator)
     reset = torch.rand(config.batch, length, generator=generator) < 1 / 64
     reset[:, 0] = True
-    return x, reset
+    return x.to(device), reset.to(device)
 
 
 def _scan(stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,19 +102,25 @@ def _loop(stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> tuple[t
 _FORWARDS: dict[str, Callable] = {"scan": _scan, "loop": _loop}
 
 
-def _train_step(forward: Callable, stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor) -> None:
+def _train_step(
+    forward: Callable, stack: nn.ModuleList, x: torch.Tensor, reset: torch.Tensor, options: BenchOptions = CPU
+) -> None:
     stack.zero_grad(set_to_none=True)
-    out, states = forward(stack, x, reset)
-    (out.square().mean() + states.real.mean()).backward()
+    with options.autocast():
+        out, states = forward(stack, x, reset)
+        loss = out.float().square().mean() + states.real.mean()
+    loss.backward()
 
 
-def _median_ms(fn: Callable[[], object], iterations: int, warmup: int) -> float:
+def _median_ms(fn: Callable[[], object], iterations: int, warmup: int, device: torch.device | None = None) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iterations):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -177,12 +191,23 @@ def _peak_rss_mib(config: _Config, length: int, method: str, threads: int) -> fl
         return None
 
 
-def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: int, warmup: int) -> dict:
+def _peak_cuda_delta_mib(forward: Callable, stack: nn.ModuleList, x, reset, options: BenchOptions) -> float:
+    """Peak allocated GPU memory of one training step above what was allocated before it (MiB)."""
+    step = partial(_train_step, forward, stack, x, reset, options)
+    return measure_cuda_step(step, options.torch_device)["growth_mib"]
+
+
+def _imagination(
+    stack: nn.ModuleList, starts: int, horizon: int, iterations: int, warmup: int, options: BenchOptions = CPU
+) -> dict:
+    device = options.torch_device
     generator = torch.Generator().manual_seed(7)
     d_model = stack[0].d_model
-    inputs = torch.randn(horizon, starts, d_model, generator=generator)
-    start_states = [torch.randn(starts, b.state_size_total, generator=generator, dtype=torch.complex64) for b in stack]
-    no_reset = torch.zeros(starts, dtype=torch.bool)
+    inputs = torch.randn(horizon, starts, d_model, generator=generator).to(device)
+    start_states = [
+        torch.randn(starts, b.state_size_total, generator=generator, dtype=torch.complex64).to(device) for b in stack
+    ]
+    no_reset = torch.zeros(starts, dtype=torch.bool, device=device)
 
     def rollout(precompute: bool) -> None:
         discretized = [block.discretize() if precompute else None for block in stack]
@@ -210,10 +235,10 @@ def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: in
                 h = torch.nn.functional.gelu(linear(y)) + h
             h = h + block.norm_3(h)
 
-    with torch.no_grad():
-        shared = _median_ms(lambda: rollout(True), iterations, warmup)
-        rediscretised = _median_ms(lambda: rollout(False), iterations, warmup)
-        per_sample = _median_ms(per_sample_step, max(3, iterations // 3), 1)
+    with torch.no_grad(), options.autocast():
+        shared = _median_ms(lambda: rollout(True), iterations, warmup, device)
+        rediscretised = _median_ms(lambda: rollout(False), iterations, warmup, device)
+        per_sample = _median_ms(per_sample_step, max(3, iterations // 3), 1, device)
     steps = horizon * len(stack)
     return {
         "starts": starts,
@@ -227,19 +252,21 @@ def _imagination(stack: nn.ModuleList, starts: int, horizon: int, iterations: in
     }
 
 
-def run(quick: bool = False) -> dict:
-    """Full run: the paper-size figures (tens of minutes on 2 cores). ``quick``: tiny sizes, 1 thread, seconds."""
+def run(quick: bool = False, options: BenchOptions | None = None) -> dict:
+    """Full run: the paper-size figures (tens of minutes on 2 cores). ``quick``: tiny sizes, 1 thread, seconds.
+    ``options``: device and precision (default: the CPU, float32); nothing here is compiled."""
     previous_threads = torch.get_num_threads()
     # tiny quick-mode ops gain nothing from a pool, and a single thread cannot stall on a busy sibling
     threads = 1 if quick else 2
     torch.set_num_threads(threads)
     try:
-        return _run(quick, threads)
+        return _run(quick, threads, options or CPU)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(quick: bool, threads: int) -> dict:
+def _run(quick: bool, threads: int, options: BenchOptions = CPU) -> dict:
+    device = options.torch_device
     if quick:
         config = _Config(d_model=32, state_size=16, blocks=4, num_blocks=2, batch=4)
         lengths, iterations, warmup = (16,), 3, 1
@@ -248,9 +275,10 @@ def _run(quick: bool, threads: int) -> dict:
         config = _Config(d_model=256, state_size=128, blocks=4, num_blocks=4, batch=16)
         lengths, iterations, warmup = (64, 1024), 10, 2
         starts, horizon = 1024, 16
-    stack = _build(config)
+    stack = _build(config, device)
+    describe = {**options.describe(), "compile": False}
     results: dict = {
-        "config": {**asdict(config), "threads": threads, "iterations": iterations, "warmup": warmup},
+        "config": {**asdict(config), "threads": threads, "iterations": iterations, "warmup": warmup, **describe},
         "torch": torch.__version__,
         # other processes sharing the CPU inflate the timings; with the default (spinning) OpenMP wait policy an
         # oversubscribed 2-thread pool is slowed ~100x or more: run with OMP_WAIT_POLICY=PASSIVE on shared machines
@@ -259,19 +287,23 @@ def _run(quick: bool, threads: int) -> dict:
         "sequence": {},
     }
     for length in lengths:
-        x, reset = _inputs(config, length)
+        x, reset = _inputs(config, length, device)
         figures: dict = {}
         for method, forward in _FORWARDS.items():
             _LOG.info("S5 bench: %s, T=%d", method, length)
             stack.eval()
-            with torch.no_grad():
-                figures[f"{method}_forward_ms"] = _median_ms(partial(forward, stack, x, reset), iterations, warmup)
+            with torch.no_grad(), options.autocast():
+                figures[f"{method}_forward_ms"] = _median_ms(
+                    partial(forward, stack, x, reset), iterations, warmup, device
+                )
             stack.train()
             figures[f"{method}_train_ms"] = _median_ms(
-                partial(_train_step, forward, stack, x, reset), iterations, warmup
+                partial(_train_step, forward, stack, x, reset, options), iterations, warmup, device
             )
             figures[f"{method}_saved_for_backward_mib"] = _saved_for_backward_mib(forward, stack, x, reset)
-            if not quick:
+            if not quick and options.cuda:
+                figures[f"{method}_peak_cuda_delta_mib"] = _peak_cuda_delta_mib(forward, stack, x, reset, options)
+            elif not quick:
                 figures[f"{method}_peak_rss_delta_mib"] = _peak_rss_mib(config, length, method, threads)
         figures["forward_speedup_scan_vs_loop"] = figures["loop_forward_ms"] / figures["scan_forward_ms"]
         figures["train_speedup_scan_vs_loop"] = figures["loop_train_ms"] / figures["scan_train_ms"]
@@ -279,7 +311,7 @@ def _run(quick: bool, threads: int) -> dict:
         _LOG.info("S5 bench: T=%d %s", length, json.dumps(figures))
     stack.eval()
     _LOG.info("S5 bench: imagination, %d starts x %d steps", starts, horizon)
-    results["imagination"] = _imagination(stack, starts, horizon, iterations, warmup)
+    results["imagination"] = _imagination(stack, starts, horizon, iterations, warmup, options)
     results["load_average_1min_after"] = os.getloadavg()[0]
     return results
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hieros.nets.float32 import Float32Module
+
 
 class Discretization(tuple):
     """(Λ̄ (P,), B̄ (P, H)) complex64 of one S5 layer; unpacks like the 2-tuple it is.
@@ -175,8 +177,14 @@ def _real_view(value: Tensor) -> Tensor:
     return torch.view_as_real(value.to(torch.complex64)).contiguous()
 
 
-class S5Layer(nn.Module):
-    """Resettable S5 SSM with J HiPPO-N blocks (spec §3.3). u (B, T, H) real → y (B, T, H), x (B, T, P)."""
+class S5Layer(Float32Module):
+    """Resettable S5 SSM with J HiPPO-N blocks (spec §3.3). u (B, T, H) real → y (B, T, H), x (B, T, P).
+
+    Under every precision the layer's parameters stay float32 (a :class:`Float32Module`: converting the agent to
+    bf16 for ``bf16-true`` leaves Λ, B̃, C̃, D and log Δ alone: bf16 has no complex type, and rounding Λ to 8 bits
+    would move the eigenvalues whose powers Λ̄^(2^k) the scan multiplies) and its computation runs in
+    float32/complex64 (inputs upcast, autocast off); y comes out float32.
+    """
 
     def __init__(
         self,

@@ -12,7 +12,9 @@ Loading walks from the newest to the oldest and takes the first file whose check
 ``format``, ``config`` (the resolved config), ``agent`` (all levels' modules), ``optimizer/level{i}/{name}``,
 ``scheduler/{i}``, ``ratio`` (the train-ratio clock), ``replay/level{i}`` (:meth:`Replay.state_dict`; the data
 stays in the memory-mapped replay folder beside it), ``rng`` (torch, CUDA, numpy and Python generators),
-``counters`` (steps, updates, episodes, metrics.jsonl length) and ``mlflow`` (run id and tracking URI).
+``counters`` (steps, updates, episodes, metrics.jsonl length), ``mlflow`` (run id and tracking URI) and, under
+``16-mixed`` only, ``grad_scaler`` (the loss scale). Module and optimiser entries hold the plain objects' state (no
+Fabric wrapper prefix), so they load whatever the precision of the writing or the resuming run.
 
 Resume rules (:func:`config_differences`): a checkpoint is refused when any config key differs from the current
 one, except the keys matched by :data:`RESUMABLE_KEYS` (budget, cadences, evaluation, logging, paths and hardware),
@@ -54,6 +56,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "training.compile",
     "training.compile_backend",
     "training.progress",
+    "training.objective",
     "training.resume",
     "logger.*",
     "fabric.*",
@@ -148,16 +151,18 @@ class RandomState:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def restore(objects: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+def restore(objects: Mapping[str, Any], payload: Mapping[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load ``payload`` into ``objects`` in place (what ``fabric.load`` does with an already loaded dict).
 
-    Modules and objects with ``load_state_dict`` are restored; a key missing from the payload raises. Returns the
-    payload entries that are not objects (counters, config, ...).
+    Modules and objects with ``load_state_dict`` are restored; a key missing from the payload raises, except the
+    ``optional`` ones (left as they are). Returns the payload entries that are not objects (counters, config, ...).
     """
-    missing = [key for key in objects if key not in payload]
+    missing = [key for key in objects if key not in payload and key not in optional]
     if missing:
         raise CheckpointError(f"checkpoint lacks the entries {missing}; it was written by another version of hieros")
     for key, obj in objects.items():
+        if key not in payload:
+            continue
         if isinstance(obj, nn.Module):
             obj.load_state_dict(payload[key], strict=True)
         else:

@@ -8,10 +8,16 @@ report is one line such as::
 
 The banner's rows for a training run are :func:`banner_rows`; :func:`dashboard_command` says how to open the run's
 tracking store.
+
+Every message, banner and report line also goes to the Python logger ``hieros`` (INFO; warnings as WARNING), in both
+modes. Under Hydra, ``conf/hydra/job_logging/hieros.yaml`` sends that logger to the job's log file only
+(``<run_dir>/__main__.log``), so the console shows each line once; outside Hydra the logger is silent unless the
+application configures logging.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -52,6 +58,7 @@ class Console:
         if mode not in ("auto", "rich", "plain"):
             raise ValueError(f"training.progress={mode!r} is invalid: allowed is auto | rich | plain")
         self.stream = stream or sys.stdout
+        self.log = logging.getLogger("hieros")
         self.rich = mode == "rich" or (mode == "auto" and self.stream.isatty())
         self.total = int(total_steps)
         self.levels = levels
@@ -66,12 +73,14 @@ class Console:
 
     # ------------------------------------------------------------------ messages
     def info(self, message: str) -> None:
+        self.log.info(message)
         if self.rich:
             self._console.print(message, markup=False, highlight=False)
         else:
             print(f"[hieros] {message}", file=self.stream, flush=True)
 
     def warn(self, message: str) -> None:
+        self.log.warning(message)
         if self.rich:
             self._console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
         else:
@@ -79,6 +88,9 @@ class Console:
 
     def banner(self, title: str, rows: Iterable[tuple[str, str]]) -> None:
         rows = list(rows)
+        width = max((len(label) for label, _ in rows), default=0)
+        lines = [title] + [f"  {label.ljust(width)}  {value}" for label, value in rows]
+        self.log.info("\n".join(lines))
         if self.rich:
             from rich.panel import Panel
             from rich.table import Table
@@ -90,9 +102,7 @@ class Console:
                 table.add_row(label, value)
             self._console.print(Panel(table, title=title, expand=False))
             return
-        width = max((len(label) for label, _ in rows), default=0)
-        lines = [f"[hieros] {title}"] + [f"[hieros]   {label.ljust(width)}  {value}" for label, value in rows]
-        print("\n".join(lines), file=self.stream, flush=True)
+        print("\n".join(f"[hieros] {line}" for line in lines), file=self.stream, flush=True)
 
     # ------------------------------------------------------------------ progress
     def start(self, step: int) -> None:
@@ -132,17 +142,16 @@ class Console:
     def report(self, step: int, report: Mapping[str, Any], score: float | None) -> None:
         sps = report.get("sps")
         status = status_text(report, self.levels, score)
-        if self._progress is not None:
-            self._progress.update(
-                self._task, completed=step, sps=f"{sps:.1f}" if isinstance(sps, float) else "-", status=status
-            )
-            return
         elapsed = time.monotonic() - self._start_time
         rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         percent = 100.0 * step / max(1, self.total)
         sps_text = f"{sps:.1f}" if isinstance(sps, float) else "-"
         line = f"step {step}/{self.total} ({percent:.1f}%) | {sps_text} sps | eta {_format_eta(eta)} | {status}"
+        self.log.info(line)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, sps=sps_text, status=status)
+            return
         print(f"[hieros] {line}", file=self.stream, flush=True)
 
     def stop(self) -> None:
@@ -174,7 +183,7 @@ def banner_rows(run: Run, run_dir: Path, resumed: str, tracker: Tracker) -> list
             f"{training['steps']} agent steps, train ratio {training['train_ratio']}, "
             f"batch {training['batch_size']}x{training['batch_length']}",
         ),
-        ("device", f"{run.fabric.device} ({config['fabric']['precision']})"),
+        ("device", f"{run.fabric.device} ({run.fabric.strategy.precision.precision})"),  # what Lightning runs
         ("tracking", tracker.describe()),
     ]
     if tracker.uri:

@@ -8,7 +8,14 @@ One agent step = one policy call for every parallel environment (``num_envs`` st
 
 Re-running the same command in the same run directory resumes: the checkpoint restores every level's modules,
 optimisers and schedulers, the counters, the train-ratio clock, the random generators and the replays' positions
-(their data stays in ``<run_dir>/replay``); the environments start fresh episodes. The plumbing lives in
+(their data stays in ``<run_dir>/replay``); the environments start fresh episodes.
+
+Fabric as Lightning intends: ``fabric.setup_module`` on the agent (device and precision, see
+:mod:`~hieros.training.precision`), ``fabric.setup_optimizers`` on every optimiser
+(:class:`~hieros.agent.learner.Learner`), ``fabric.backward`` and ``fabric.clip_gradients`` in the updates
+(:meth:`~hieros.agent.subactor.Subactor._step_jointly`), ``fabric.save`` for checkpoints and an in-place restore of
+the verified payload (what ``fabric.load`` does). ``fabric.float32_matmul_precision`` and the determinism switches
+hold for the whole of :func:`train` (:mod:`~hieros.training.numerics`). The plumbing lives in
 :mod:`~hieros.training.resume`, :mod:`~hieros.training.checkpoint`, :mod:`~hieros.training.evaluation` (evaluations
 and ``scores.json``), :mod:`~hieros.training.tracking` (``metrics.jsonl`` and MLflow), :mod:`~hieros.training.console`,
 :mod:`~hieros.training.media`, :mod:`~hieros.training.preemption` and :mod:`~hieros.training.threads`.
@@ -37,6 +44,8 @@ from hieros.training.console import Console, banner_rows, dashboard_command
 from hieros.training.evaluation import final_evaluation, periodic_evaluation, write_scores
 from hieros.training.media import write_run_media
 from hieros.training.metrics_file import MetricsFile
+from hieros.training.numerics import torch_numerics
+from hieros.training.precision import fabric_arguments
 from hieros.training.preemption import Preemption
 from hieros.training.ratio import TrainRatio
 from hieros.training.resume import check_replay_data, finished_scores, resume_point
@@ -103,8 +112,10 @@ class Run:
         obs_space = self.envs.observation_space
         self.obs_shapes = {key: tuple(space.shape) for key, space in obs_space.spaces.items()}
         self.device = fabric.device
-        self.agent = Hierarchy(self.config, registry, self.obs_shapes, self.envs.action_dim).to(self.device)
-        self.learner = Learner(self.agent, cfg.agent.world_model.warmup_steps)
+        # setup_module moves the agent to the device and converts it for the precision (bf16-true: bf16 weights,
+        # the S5 layers stay float32); its state_dict keys are the Hierarchy's own (no wrapper prefix)
+        self.agent = fabric.setup_module(Hierarchy(self.config, registry, self.obs_shapes, self.envs.action_dim))
+        self.learner = Learner(self.agent, cfg.agent.world_model.warmup_steps, fabric)
         if training.get("compile", False):
             self.agent.compile_updates(str(training.get("compile_backend", "inductor")))
         self.replays = [
@@ -133,6 +144,9 @@ class Run:
     def stateful(self) -> dict[str, Any]:
         """The objects a checkpoint restores in place (module, optimisers, schedulers, clocks, replays, RNG)."""
         objects: dict[str, Any] = {"agent": self.agent, **self.learner.stateful(), "ratio": self.ratio}
+        scaler = getattr(self.fabric.strategy.precision, "scaler", None)
+        if scaler is not None:  # 16-mixed: the loss scale and its growth counter
+            objects["grad_scaler"] = scaler
         objects.update(
             {
                 f"replay/level{index}": NumpyState(replay)
@@ -164,7 +178,9 @@ class Run:
         }
 
     def restore(self, payload: Mapping[str, Any]) -> None:
-        rest = restore(self.stateful(), payload)
+        # fabric.load's in-place restore, on the payload the resume already read and verified; a checkpoint of another
+        # precision has no scaler state (the scaler then starts afresh)
+        rest = restore(self.stateful(), payload, optional=("grad_scaler",))
         counters = rest["counters"]
         self.step = int(counters["step"])
         self.learner.updates = [int(n) for n in counters["updates"]]
@@ -229,27 +245,38 @@ class Run:
 
 
 def make_fabric(cfg: DictConfig) -> Fabric:
+    """The run's Fabric (:mod:`~hieros.training.precision` turns ``fabric.precision`` into its plugin)."""
     return Fabric(
         accelerator=cfg.fabric.accelerator,
         devices=cfg.fabric.devices,
-        precision=cfg.fabric.precision,
         strategy=cfg.fabric.strategy,
+        **fabric_arguments(str(cfg.fabric.precision), str(cfg.fabric.accelerator)),
     )
 
 
 def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None = None) -> dict[str, Any]:
     """Train one agent as ``cfg`` says (resuming from ``run_dir``'s checkpoints); returns the content of scores.json."""
-    with torch_threads(int(cfg.training.get("torch_threads", 0) or 0)):
+    # first: a precision this machine cannot run is refused before any file is written
+    fabric = fabric or make_fabric(cfg)
+    numerics = cfg.fabric
+    with (
+        torch_threads(int(cfg.training.get("torch_threads", 0) or 0)),
+        torch_numerics(
+            numerics.get("float32_matmul_precision", "highest"),
+            numerics.get("deterministic", False),
+            numerics.get("cudnn_benchmark", False),
+        ),
+    ):
         return _train(cfg, registry, run_dir, fabric)
 
 
-def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None) -> dict[str, Any]:
+def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     with RunDirLock(run_dir, wait_seconds=requeue_wait_seconds()):  # before anything in run_dir is written
         return _train_owned(cfg, registry, run_dir, fabric)
 
 
-def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None) -> dict[str, Any]:
+def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> dict[str, Any]:
     training = cfg.training
     config = OmegaConf.to_container(cfg, resolve=True)
     console = Console(training.steps, cfg.hierarchy.layers, training.get("progress", "auto"))
@@ -273,7 +300,6 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
     status, failure = "FAILED", None
     try:
         tracker.start()
-        fabric = fabric or make_fabric(cfg)
         fabric.seed_everything(cfg.seed, verbose=False)
         run = Run(cfg, registry, run_dir, fabric)
         resumed = "fresh start"
@@ -290,6 +316,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
         def save_checkpoint() -> None:
             run.metrics_offset = metrics_file.offset
             checkpoints.save(fabric, run.state(tracker), run.step)
+            tracker.log_model(run.agent, run.step)  # logger.log_model=periodic: every checkpoint's agent
             if tracker.wants_media:
                 tracker.poke()
 
@@ -339,6 +366,7 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
         evaluation = final_evaluation(run, metrics_file, console.info)
         write_media()
         scores = write_scores(run, evaluation, run_dir / "scores.json")
+        tracker.log_model(run.agent, run.step, final=True)  # an MLflow logged model, uploaded by the mirror
         console.info(f"done: {run.step} agent steps; scores in {run_dir / 'scores.json'}")
         status = "FINISHED"
         return scores

@@ -6,7 +6,12 @@ a background thread, so no MLflow call ever runs inside the loop:
 * artifacts: ``config.yaml`` and ``.hydra/overrides.yaml`` (under ``config/``), ``scores.json``, ``media/*`` (GIF and
   MP4), ``metrics.jsonl`` at the end, and optionally the checkpoints;
 * params and tags (:mod:`~hieros.training.run_tags`), params logged once: a resumed run logs only the keys its run
-  lacks.
+  lacks;
+* system metrics (``logger.system_metrics``): MLflow's ``SystemMetricsMonitor`` (``system/cpu_utilization_percentage``,
+  memory, disk, network, GPU with ``nvidia-ml-py``) every ``logger.system_metrics_interval`` seconds, attached to the
+  run each time the tracker attaches to it: a resumed or requeued run continues the ``system/*`` steps where they were;
+* the agent as an MLflow logged model (``logger.log_model``; :mod:`~hieros.training.mlflow_model`): the loop saves it
+  into ``<run_dir>/mlflow_models/`` (:meth:`MlflowTracker.log_model`), the mirror uploads it.
 
 ``<run_dir>/mlflow_run_id`` holds the run id (a rerun in the same directory re-attaches to the run) and
 ``<run_dir>/mlflow_sync.json`` how far the mirror got. The store itself (URI, reachability, limits, retries) is
@@ -16,6 +21,7 @@ a background thread, so no MLflow call ever runs inside the loop:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hieros.files import write_atomic, write_json_atomic
+from hieros.training.mlflow_model import MODELS_DIR, model_folder, pending_models, save_agent, upload
 from hieros.training.mlflow_store import (
     MAX_KEY,
     MAX_TAG_VALUE,
@@ -47,6 +54,7 @@ RESERVED_KEYS = ("step", "time")  # fields of a metrics.jsonl line that are not 
 MAX_BACKOFF_SECONDS = 600.0  # longest wait between two attempts to reach an unreachable store
 CLOSE_TIMEOUT_SECONDS = 120  # how long close() waits for the mirror thread before leaving the sync to a rerun
 MAX_FAILURE_TAG = 5000  # characters of the failure reason kept in the tag hieros.failure
+LOG_MODEL_CHOICES = ("final", "periodic", "never")
 
 
 class MlflowTracker(Tracker):
@@ -75,8 +83,18 @@ class MlflowTracker(Tracker):
         self.media_every = int(logger_cfg.get("media_every", 0) or 0)
         self.log_checkpoints = bool(logger_cfg.get("log_checkpoints", False))
         self.sync_seconds = float(logger_cfg.get("sync_seconds", 30))
+        self.system_metrics = bool(logger_cfg.get("system_metrics", True))
+        self.system_metrics_interval = float(logger_cfg.get("system_metrics_interval", 10))
+        self.log_model_when = str(logger_cfg.get("log_model", "final"))
+        if self.log_model_when not in LOG_MODEL_CHOICES:
+            raise ValueError(
+                f"logger.log_model={self.log_model_when!r} is invalid: allowed is final | periodic | never"
+            )
         self.experiment_name = str(config.get("experiment_name", "default"))
         self.client = None
+        self.experiment_id: str | None = None
+        self._monitor = None  # mlflow's SystemMetricsMonitor of the attached run
+        self._model_failures: set[str] = set()  # saved agents whose upload failed (reported once each)
         self.run_id = self._stored_run_id() or run_id_hint
         self.sync = self._read_sync_state()
         self._wake = threading.Event()
@@ -107,6 +125,7 @@ class MlflowTracker(Tracker):
             "run_id": self.run_id,
             "metrics_offset": int(state.get("metrics_offset", 0)),
             "files": state.get("files", {}),
+            "models": state.get("models", {}),
         }
 
     def _write_sync_state(self) -> None:
@@ -164,10 +183,14 @@ class MlflowTracker(Tracker):
                 lambda: get_or_create_experiment(client, self.experiment_name, self.artifact_location)
             )
             run = retry(lambda: client.create_run(experiment_id, tags=tags, run_name=tags.get("mlflow.runName")))
-            self.sync = {"run_id": run.info.run_id, "metrics_offset": 0, "files": {}}
-        elif run.info.status != "RUNNING":
+            self.sync = {"run_id": run.info.run_id, "metrics_offset": 0, "files": {}, "models": {}}
+            resumed = False
+        else:
+            resumed = True
+        if run.info.status != "RUNNING":
             retry(lambda: client.update_run(run.info.run_id, status="RUNNING"))
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         self.sync["run_id"] = self.run_id
         write_atomic(self.run_dir / RUN_ID_FILE, self.run_id + "\n")
         self._write_sync_state()
@@ -178,6 +201,31 @@ class MlflowTracker(Tracker):
             self._rewind = None
         self.client = client
         self._backoff = self.sync_seconds
+        self._start_system_metrics(resumed)
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        """MLflow's system metrics monitor on this run; ``resumed``: continue its ``system/*`` steps (a re-attach)."""
+        if not self.system_metrics:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._stop_system_metrics()  # a re-attach after the store was unreachable: never two monitors on one run
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=self.system_metrics_interval,
+            resume_logging=resumed,
+            tracking_uri=self.uri,
+        )
+        self._monitor.start()
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor and send what it sampled (before the run is marked terminated)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception as error:  # noqa: BLE001 - system metrics never stop a run
+                self.report(f"MLflow system metrics of run {self.run_id} stopped with an error ({error})")
 
     def _log_params_and_tags(self, client, run, tags: Mapping[str, str]) -> None:
         from mlflow.entities import Param, RunTag
@@ -223,6 +271,7 @@ class MlflowTracker(Tracker):
                     raise ConnectionError(problem)
                 self._send_metrics()
                 self._send_files(final)
+                self._send_models()
                 self._write_sync_state()
                 self._last_error = None
                 return True
@@ -303,6 +352,49 @@ class MlflowTracker(Tracker):
                 continue
             self.sync["files"][key] = signature
 
+    # ----------------------------------------------------------- the agent as a logged model
+    def log_model(self, agent, step: int, final: bool = False) -> None:
+        """In the loop, at a checkpoint (``final``: after the final evaluation): save the agent for the mirror to log
+        as a model when ``logger.log_model`` asks for it (final: only the final one; periodic: every checkpoint)."""
+        if self.log_model_when == "never" or (self.log_model_when == "final" and not final):
+            return
+        folder = model_folder(self.run_dir, step)
+        if folder.exists() or folder.name in self.sync["models"]:  # this step's agent is saved or logged already
+            return
+        try:
+            save_agent(agent, folder, step)
+        except Exception as error:  # noqa: BLE001 - the checkpoint holds the agent anyway
+            self.report(f"could not save the agent for MLflow at step {step} ({type(error).__name__}: {error})")
+            return
+        self.poke()
+
+    def _send_models(self) -> None:
+        """Upload the agents the loop saved (oldest first); each one's folder is deleted once it is logged."""
+        import shutil
+
+        pending = pending_models(self.run_dir)
+        if not pending:
+            return
+        params, metrics = flat_params(self.config), self.run_dir / "metrics.jsonl"
+        for step, folder in pending:
+            if folder.name not in self.sync["models"]:
+                try:
+                    model_id = retry(
+                        lambda f=folder, s=step: upload(
+                            self.client, self.run_id, self.experiment_id, f, s, params, metrics
+                        )
+                    )
+                except Exception as error:  # noqa: BLE001 - left in the run directory for the next sync
+                    if folder.name not in self._model_failures:
+                        self.report(f"could not log the agent of step {step} as an MLflow model ({error}); will retry")
+                    self._model_failures.add(folder.name)
+                    continue
+                self.sync["models"][folder.name] = model_id
+                self._write_sync_state()
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # empty once everything is logged
+            (self.run_dir / MODELS_DIR).rmdir()
+
     def pending(self) -> str | None:
         path = self.run_dir / "metrics.jsonl"
         size = path.stat().st_size if path.is_file() else 0
@@ -327,6 +419,7 @@ class MlflowTracker(Tracker):
                 return
             self._thread = None
         if self._sync_once(final=True) and self.client is not None:
+            self._stop_system_metrics()
             try:
                 if reason:
                     retry(lambda: self.client.set_tag(self.run_id, "hieros.failure", reason[:MAX_FAILURE_TAG]))

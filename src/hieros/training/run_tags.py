@@ -1,6 +1,8 @@
 """What labels a training run in MLflow: its tags and its params.
 
-Tags (:func:`run_tags`): overrides, component choices, seed, game, depth, Hydra job number, SLURM job id and
+Tags (:func:`run_tags`): MLflow's own context tags as ``mlflow.start_run`` sets them (:func:`source_tags`:
+``mlflow.user``, ``mlflow.source.name``/``type``, the git commit of the entry script, ...), then ours, which win:
+overrides, component choices, seed, game, depth, Hydra job number, SLURM job id and
 restarts, git commit, run directory, and ``mlflow.parentRunId``: ``HIEROS_PARENT_RUN_ID`` if set, else the parent run
 of the sweep the job belongs to, read from ``<run_dir>/mlflow_parent.json``, which the sweep callback writes (see
 :mod:`hieros.training.sweep`). Params (:func:`flat_params`): the flattened resolved config as text. All truncated to
@@ -32,6 +34,18 @@ def flat_params(config: Mapping[str, Any]) -> dict[str, str]:
         text = "None" if value is None else str(value)
         params[key[:MAX_KEY]] = text[:MAX_PARAM_VALUE]
     return params
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's context tags for a run started here (``mlflow.tracking.context.registry.resolve_tags``): user, source
+    script and type, git commit/branch/repo URL when the entry script lives in a git checkout, and whatever context
+    plugins add (Databricks, SLURM ...). Empty when they cannot be resolved."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        return {str(key): str(value) for key, value in resolve_tags().items()}
+    except Exception:  # noqa: BLE001 - a context provider failing must not stop a run
+        return {}
 
 
 def git_info(start: Path | None = None) -> dict[str, str]:
@@ -93,8 +107,32 @@ def sweep_parent_run_id(run_dir: Path, uri: str, report: Callable[[str], None] =
     return str(record["run_id"])
 
 
-def hydra_job_info() -> dict[str, str]:
-    """Run name, overrides and job number from Hydra when the run was started through it."""
+def sweep_job_name(hydra_cfg, sweep_keys: list[str] | None) -> str:
+    """A sweep job's run name: its overrides of the swept keys, sorted (``hierarchy.layers=2,seed=1``); without them
+    (no sweep record, or none matches) Hydra's ``override_dirname``, from which
+    ``hydra.job.config.override_dirname.exclude_keys`` (conf/config.yaml) drops settings that do not change results."""
+    dirname = str(hydra_cfg.job.get("override_dirname") or "")
+    if not sweep_keys:
+        return dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    style = hydra_cfg.job.config.override_dirname
+    exclude = set(style.exclude_keys or [])
+    try:
+        overrides = OverridesParser.create().parse_overrides([str(item) for item in hydra_cfg.overrides.task or []])
+    except Exception:  # noqa: BLE001 - Hydra parsed them already; never fail a run over its name
+        return dirname
+    lines = sorted(
+        str(item.input_line)
+        for item in overrides
+        if item.key_or_group in sweep_keys and item.key_or_group not in exclude
+    )
+    return str(style.item_sep).join(line.replace("=", str(style.kv_sep)) for line in lines) or dirname
+
+
+def hydra_job_info(sweep_keys: list[str] | None = None) -> dict[str, str]:
+    """Run name, overrides and job number from Hydra when the run was started through it (``sweep_keys``: the keys
+    the sweep varies, which name a sweep job's run)."""
     hydra_cfg = _hydra_config()
     if hydra_cfg is None:
         return {}
@@ -104,9 +142,9 @@ def hydra_job_info() -> dict[str, str]:
         info["overrides"] = " ".join(overrides)
     if _is_multirun(hydra_cfg):
         info["hydra.job.num"] = str(hydra_cfg.job.num)
-        override_dirname = hydra_cfg.job.get("override_dirname") or ""
-        if override_dirname:  # a sweep job is named by what it overrides
-            info["override_dirname"] = override_dirname
+        name = sweep_job_name(hydra_cfg, sweep_keys)
+        if name:  # a sweep job is named by what it overrides
+            info["override_dirname"] = name
     choices = hydra_cfg.runtime.get("choices") or {}
     for group in COMPONENT_GROUPS:
         if choices.get(group):
@@ -123,6 +161,7 @@ def run_tags(
     git commit, where the run lives, and its parent run (``uri``: the store the run is logged to)."""
     env = config.get("env", {})
     tags = {
+        **source_tags(),
         "run_dir": str(run_dir),
         "seed": str(config.get("seed")),
         "env": str(env.get("name")),
@@ -135,7 +174,8 @@ def run_tags(
     for key in ("game", "id"):
         if key in env:
             tags[f"env.{key}"] = str(env[key])
-    job = hydra_job_info()
+    record = read_sweep_parent(run_dir) or {}
+    job = hydra_job_info(record.get("sweep_keys"))
     tags.update({key: value for key, value in job.items() if key != "override_dirname"})
     tags["mlflow.runName"] = job.get("override_dirname") or run_dir.name
     slurm = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_JOB_ID")

@@ -45,6 +45,9 @@ class Tracker:
     def poke(self) -> None:
         pass
 
+    def log_model(self, agent, step: int, final: bool = False) -> None:
+        """Keep the agent as a model of the run (``logger.log_model``); nothing without a tracking store."""
+
     def describe(self) -> str:
         return "off (logger=none): metrics.jsonl and scores.json in the run directory"
 
