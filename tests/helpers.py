@@ -21,6 +21,28 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
+# A tiny CartPole run with two levels (k = 2) and a checkpoint every 40 steps: the command-line and in-process tests
+# of checkpoints, resumes and adverse inputs share it (add training.steps and logger settings per test).
+TINY_TWO_LEVEL_RUN = [
+    "model=tiny",
+    "env=gym",
+    "fabric=cpu",
+    "hierarchy.layers=2",
+    "hierarchy.k=2",
+    "training.batch_size=4",
+    "training.batch_length=16",
+    "training.min_windows=4",
+    "training.train_ratio=4",
+    "training.replay_capacity=1000",
+    "training.log_every=10",
+    "training.eval_every=0",
+    "training.final_eval_episodes=1",
+    "training.eval_modes=[greedy]",
+    "training.checkpoint_every=40",
+    "training.torch_threads=1",
+]
+
+
 def _compose(*overrides: str) -> DictConfig:
     """The ``hieros.conf`` config with Hydra ``overrides``; inside an already initialised Hydra it composes there."""
     if GlobalHydra.instance().is_initialized():

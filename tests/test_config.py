@@ -457,11 +457,19 @@ def test_an_unknown_key_exits_2_naming_the_closest_key(python_runner, tmp_path: 
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-@pytest.mark.parametrize("args", [["env=nosuch"], ["+experiment=nosuch"], ["training.stepz=3"]])
-def test_hydras_own_errors_exit_2_without_a_traceback(python_runner, tmp_path: Path, args) -> None:
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["env=nosuch"], "Available options in 'env': atari100k, chain, gym, minatar"),
+        (["+experiment=nosuch"], "Could not find 'experiment/nosuch'"),
+        (["training.stepz=3"], "did you mean training.steps?"),
+    ],
+)
+def test_hydras_own_errors_are_one_line_with_exit_2(python_runner, tmp_path: Path, args, expected) -> None:
     done = python_runner("-m", "hieros", *args, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR" in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "HYDRA_FULL_ERROR" not in lines[0], done.stderr
 
 
 def _schema(overrides: list[str]) -> tuple[DictConfig, DictConfig]:

@@ -113,9 +113,8 @@ def store_uri(given: str | None) -> str:
     return resolve_tracking_uri(None, os.environ.get("HIEROS_HOME") or "hieros-runs")
 
 
-def run_checkpoint(run_id: str, uri: str, out: str | None) -> Path:
-    """The run directory MLflow recorded for training run ``run_id`` or, when it is not on this machine, the newest
-    checkpoint the run uploaded, downloaded into ``<out or ./eval_RUN_ID>/checkpoints``."""
+def training_run(run_id: str, uri: str) -> Any:
+    """The MLflow run ``run_id`` of a hieros training run in the store ``uri`` (raises :class:`EvalError`)."""
     from hieros.training.mlflow_store import probe, sqlite_path
 
     database = sqlite_path(uri)
@@ -131,9 +130,18 @@ def run_checkpoint(run_id: str, uri: str, out: str | None) -> Path:
         run = client.get_run(run_id)
     except Exception:  # noqa: BLE001 - not in this store
         raise EvalError(f"MLflow run {run_id} is not in {uri}: pass tracking_uri=... of the store it is in") from None
-    run_dir = run.data.tags.get("run_dir")
-    if not run_dir:
+    if not run.data.tags.get("run_dir"):
         raise EvalError(f"MLflow run {run_id} is not a hieros training run (it has no run_dir tag)")
+    return run
+
+
+def run_checkpoint(run_id: str, uri: str, out: str | None) -> Path:
+    """The run directory MLflow recorded for training run ``run_id`` or, when it is not on this machine, the newest
+    checkpoint the run uploaded, downloaded into ``<out or ./eval_RUN_ID>/checkpoints``."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir = training_run(run_id, uri).data.tags["run_dir"]
+    client = MlflowClient(tracking_uri=uri)
     if Path(run_dir).is_dir():
         return Path(run_dir)
     uploaded = sorted(item.path for item in client.list_artifacts(run_id, "checkpoints") if item.path.endswith(".ckpt"))

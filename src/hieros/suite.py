@@ -22,7 +22,6 @@ a bad target, override or config, otherwise the first non-zero exit code of the 
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from omegaconf import OmegaConf
+
+from hieros.arguments import ArgumentParser
 
 CONFIG_PACKAGE = "hieros.conf"
 DEFAULT_LAUNCHER = "slurm_a100"
@@ -206,7 +207,7 @@ def launch(sweeps: Sequence[Sweep], stagger: float = 10.0, sequential: bool = Fa
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hieros-suite",
         description="Launch the Atari100k suite or every Appendix G ablation as Hydra multiruns.",
         epilog="Example: python -m hieros.suite ablations --smoke --launcher local --dry-run",

@@ -13,7 +13,6 @@ is stopped keeps the figures of the benchmarks that finished.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import inspect
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import hieros.bench
+from hieros.arguments import ArgumentParser
 from hieros.bench._device import CPU, DEVICES, PRECISIONS, BenchOptions, DeviceError, resolve_device
 
 PACKAGE = hieros.bench.__name__
@@ -76,7 +76,7 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     available = discover()
-    parser = argparse.ArgumentParser(prog="python -m hieros.bench", description=__doc__.split("\n\n")[1])
+    parser = ArgumentParser(prog="python -m hieros.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="small sizes: a few seconds per benchmark")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(available)}")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")

@@ -7,7 +7,6 @@ the implementing class and the first line of its docstring. Built-in components 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hieros.arguments import ArgumentParser
 from hieros.registry import GROUPS, ComponentInfo, Registry, RegistryError
 
 BUILTIN_CONFIG_PACKAGE = "hieros.conf"
@@ -85,7 +85,7 @@ def component_table(registry: Registry, files: dict[tuple[str, str], list[str]],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hieros-components",
         description="List the registered components (built-in and from hieros.plugins entry points).",
     )

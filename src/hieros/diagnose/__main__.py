@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hieros.arguments import ArgumentParser
 from hieros.files import write_json_atomic
 
 PROG = "hieros-diagnose"
@@ -29,7 +30,7 @@ PLAIN_WIDTH = 160  # console width when stdout is not a terminal (pipes, CI logs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="World-model diagnostics of a training run: open-loop error, free bits, action sensitivity, "
         "acting-vs-window state gap. Reads RUN_DIR/checkpoints and RUN_DIR/replay; writes a JSON report.",

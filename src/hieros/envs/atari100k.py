@@ -108,6 +108,9 @@ class Atari100k(SeededEnv):
         import ale_py  # imported here: importing ale_py registers its envs in gymnasium's global registry
 
         gym.register_envs(ale_py)
+        # ALE's own banner and info lines go straight to the process's stdout/stderr; keep its errors only (a
+        # process-wide setting of ale-py's logger, the same for every env this process makes)
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         self.game = game
         self.rom_id = ATARI100K_GAMES[game]
         self._size = int(size)

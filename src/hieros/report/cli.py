@@ -10,10 +10,10 @@ See :mod:`hieros.report` for what SOURCE can be and what the output folder holds
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from hieros.arguments import ArgumentParser
 from hieros.report import scores as sc
 from hieros.report.builder import FIGURES, build_report
 from hieros.report.loading_mlflow import default_tracking_uri
@@ -22,7 +22,7 @@ from hieros.report.records import EVAL_MODES, SCORE_KINDS
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hieros-report`` / ``python -m hieros.report``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hieros-report",
         description="Tables, figures and report.md (with rliable-style statistics) from a sweep directory or MLflow.",
     )

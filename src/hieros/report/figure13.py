@@ -17,7 +17,6 @@ writes ``DIR/counts.json`` (per-item mean counts and age-decile means per sample
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hieros.arguments import ArgumentParser
 from hieros.samplers import Sampler
 from hieros.samplers.etbs import EfficientTimeBalanced
 from hieros.samplers.etbs_original import EfficientTimeBalancedOriginal
@@ -142,7 +142,7 @@ def _plot(counts: dict[str, np.ndarray], path: Path, size: int, seeds: int) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory for counts.json and figure13.png")
     parser.add_argument("--size", type=int, default=4000, help="final number of items (paper: 4000)")
     parser.add_argument("--seeds", type=int, default=20, help="number of seeds to average (spec §7.5: 20)")

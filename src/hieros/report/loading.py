@@ -33,6 +33,11 @@ def load(
         sweep = load_sweep_dir(source, metrics)
     else:
         sweep = load_mlflow(str(source), tracking_uri, metrics, all_sweeps)
+    if not sweep.records:
+        raise ValueError(
+            f"no runs found in {source}: pass a sweep directory (job folders with scores.json or metrics.jsonl), a run "
+            f"directory, an MLflow experiment name or a parent run id"
+        )
     experiments = {record.config.get("experiment_name") for record in sweep.records if record.config}
     experiment = next(iter(experiments)) if len(experiments) == 1 else None
     defaults = sweep.master_config or (lambda: package_defaults(experiment))

@@ -64,9 +64,18 @@ def load_mlflow(
     selects the children of its newest parent run (``all_sweeps=True``: every job run of the experiment); runs that
     are parents are never loaded as jobs. Missing artifacts and metrics are reported, not raised.
     """
+    import logging
+
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # opening a missing sqlite store would create an empty one: say what was looked for instead
+        raise FileNotFoundError(
+            f"{source!r} is not a directory, and there is no MLflow store at {uri} to look it up in as an experiment "
+            f"name or run id: pass a sweep directory, or --tracking-uri / MLFLOW_TRACKING_URI of your store"
+        )
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Updating database tables" on open
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(source)
     notes: list[str] = []

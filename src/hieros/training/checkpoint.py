@@ -204,12 +204,12 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], path:
     differences = config_differences(saved, current)
     if not differences:
         return
-    lines = "\n".join(f"  {key}: checkpoint {_show(a)}, now {_show(b)}" for key, a, b in differences)
+    keys = "; ".join(f"{key}: checkpoint {_show(a)}, now {_show(b)}" for key, a, b in differences)
     overrides = " ".join(f"{key}={_show(a)}" for key, a, _ in differences if a is not _ABSENT)
     raise IncompatibleCheckpointError(
-        f"checkpoint {path} was written with a different config; these keys differ:\n{lines}\n"
-        f"To resume it, rerun with the checkpoint's values (overrides: {overrides}); to train the new config, "
-        f"use another run directory (hydra.run.dir=...). Keys that may differ on resume: {', '.join(RESUMABLE_KEYS)}"
+        f"checkpoint {path} was written with a different config ({keys}): to resume it, rerun with the "
+        f"checkpoint's values (overrides: {overrides}); to train the new config, use another run directory "
+        f"(hydra.run.dir=...); keys that may differ on resume: {', '.join(RESUMABLE_KEYS)}"
     )
 
 

@@ -24,6 +24,7 @@ and ``scores.json``), :mod:`~hieros.training.tracking` (``metrics.jsonl`` and ML
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hieros.agent.hierarchy import Hierarchy
 from hieros.agent.learner import Learner
+from hieros.config import ConfigError
 from hieros.envs.vector import make_vector_env
 from hieros.files import write_atomic
 from hieros.registry import Registry
@@ -245,17 +247,39 @@ class Run:
 
 
 def make_fabric(cfg: DictConfig) -> Fabric:
-    """The run's Fabric (:mod:`~hieros.training.precision` turns ``fabric.precision`` into its plugin)."""
-    return Fabric(
-        accelerator=cfg.fabric.accelerator,
-        devices=cfg.fabric.devices,
-        strategy=cfg.fabric.strategy,
-        **fabric_arguments(str(cfg.fabric.precision), str(cfg.fabric.accelerator)),
-    )
+    """The run's Fabric (:mod:`~hieros.training.precision` turns ``fabric.precision`` into its plugin). An accelerator
+    this machine does not have is a :class:`~hieros.config.ConfigError` (one line, before anything is written)."""
+    arguments = fabric_arguments(str(cfg.fabric.precision), str(cfg.fabric.accelerator))
+    try:
+        with warnings.catch_warnings():
+            # Lightning's hint to prepend `srun` wherever a SLURM client is installed; hieros runs one process per
+            # job (a sweep's SLURM jobs are started by submitit), so the hint is noise on every run
+            warnings.filterwarnings("ignore", message=r".*`srun` command is available on your system")
+            return Fabric(
+                accelerator=cfg.fabric.accelerator,
+                devices=cfg.fabric.devices,
+                strategy=cfg.fabric.strategy,
+                **arguments,
+            )
+    except (RuntimeError, ValueError) as error:  # Lightning: "`CUDAAccelerator` can not run on your system ..."
+        message = " ".join(str(error).split())
+        raise ConfigError(
+            f"fabric.accelerator={cfg.fabric.accelerator} cannot run here ({message}); use fabric=cpu, or "
+            f"fabric.accelerator=auto to take a GPU where there is one"
+        ) from None
 
 
-def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | None = None) -> dict[str, Any]:
-    """Train one agent as ``cfg`` says (resuming from ``run_dir``'s checkpoints); returns the content of scores.json."""
+def train(
+    cfg: DictConfig,
+    registry: Registry,
+    run_dir: Path,
+    fabric: Fabric | None = None,
+    hydra_record: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one agent as ``cfg`` says (resuming from ``run_dir``'s checkpoints); returns the content of scores.json.
+
+    ``hydra_record``: Hydra's ``.hydra/`` files of the job (name -> text), written with ``config.yaml`` once the resume
+    checks have passed (``hydra.output_subdir`` is null, so a refused rerun leaves the run's record as it was)."""
     # first: a precision this machine cannot run is refused before any file is written
     fabric = fabric or make_fabric(cfg)
     numerics = cfg.fabric
@@ -267,16 +291,20 @@ def train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric | N
             numerics.get("cudnn_benchmark", False),
         ),
     ):
-        return _train(cfg, registry, run_dir, fabric)
+        return _train(cfg, registry, run_dir, fabric, hydra_record or {})
 
 
-def _train(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric, hydra_record: Mapping[str, str]
+) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     with RunDirLock(run_dir, wait_seconds=requeue_wait_seconds()):  # before anything in run_dir is written
-        return _train_owned(cfg, registry, run_dir, fabric)
+        return _train_owned(cfg, registry, run_dir, fabric, hydra_record)
 
 
-def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric) -> dict[str, Any]:
+def _train_owned(
+    cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fabric, hydra_record: Mapping[str, str]
+) -> dict[str, Any]:
     training = cfg.training
     config = OmegaConf.to_container(cfg, resolve=True)
     console = Console(training.steps, cfg.hierarchy.layers, training.get("progress", "auto"))
@@ -288,14 +316,23 @@ def _train_owned(cfg: DictConfig, registry: Registry, run_dir: Path, fabric: Fab
         check_compatible(latest.payload["config"], config, latest.path)
         check_replay_data(latest, run_dir)
     payload = latest.payload if latest is not None else {}
+    counters = payload.get("counters", {})
+    # A finished run (its last checkpoint at the budget, scores.json written after it) keeps every metrics line: the
+    # final evaluation's lines come after that checkpoint and must survive a rerun (which only syncs the tracker).
+    finished = int(counters.get("step", 0)) >= training.steps and finished_scores(run_dir, int(counters["step"]))
+    metrics_path = run_dir / "metrics.jsonl"
+    keep_bytes = (
+        metrics_path.stat().st_size if finished and metrics_path.exists() else counters.get("metrics_offset", 0)
+    )
 
     # Records: metrics.jsonl cut back to the checkpoint, then the tracker (fails here if its store is unreachable).
-    metrics_file = MetricsFile(
-        run_dir / "metrics.jsonl", keep_bytes=payload.get("counters", {}).get("metrics_offset", 0)
-    )
+    metrics_file = MetricsFile(metrics_path, keep_bytes=keep_bytes)
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    for name, text in hydra_record.items():
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+        write_atomic(run_dir / ".hydra" / name, text)
     tracker = make_tracker(config, run_dir, console.warn, run_id_hint=payload.get("mlflow", {}).get("run_id") or None)
-    tracker.rewind_metrics(metrics_file.offset, step=int(payload.get("counters", {}).get("step", 0)))
+    tracker.rewind_metrics(metrics_file.offset, step=int(counters.get("step", 0)))
     run: Run | None = None
     status, failure = "FAILED", None
     try:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 NAME = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$")
 EVAL_SCORE = re.compile(r"^(?P<kind>final_eval|eval)/(?P<mode>[A-Za-z0-9_]+)_score$")
 SCORES_KEYS = ("train_return_last10pct",)
+POLICY_MODES = ("sampled", "greedy")  # the policies an evaluation can run (training.eval_modes)
 ALLOWED = (
     "final_eval/<mode>_score (mode in training.eval_modes), train_return_last10pct, or a metric of metrics.jsonl "
     "(e.g. eval/greedy_score, train/level0/model_loss)"
@@ -34,7 +35,11 @@ class ObjectiveError(ValueError):
 
 
 def is_objective_name(value: Any) -> bool:
-    return isinstance(value, str) and NAME.match(value) is not None
+    """A metric name; an evaluation score must name a policy hieros evaluates (``final_eval/best_score`` is a typo)."""
+    if not isinstance(value, str) or NAME.match(value) is None:
+        return False
+    match = EVAL_SCORE.match(value)
+    return match is None or match["mode"] in POLICY_MODES
 
 
 def objective_problem(cfg: DictConfig) -> str | None:
