@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,29 @@ def written_files(home: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("overrides, expected", [case[1:] for case in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
-def test_a_config_error_is_one_line_and_writes_nothing(tmp_path, overrides, expected):
-    home = tmp_path / "home"
-    done = _run(["-m", "hieros", *SMOKE, *overrides], home, tmp_path)
+@pytest.fixture(scope="module")
+def config_case_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
+    """Every config case run once, four processes at a time (each is a fresh ``python -m hieros`` start-up, most of it
+    imports): case id -> (its completed process, its HIEROS_HOME)."""
+
+    base = tmp_path_factory.mktemp("config_cases")  # mktemp itself is not thread-safe: one call, then plain folders
+
+    def run_case(case: tuple[str, list[str], str]) -> tuple[str, tuple[subprocess.CompletedProcess[str], Path]]:
+        name, overrides, _ = case
+        folder = base / name
+        folder.mkdir()
+        home = folder / "home"
+        return name, (_run(["-m", "hieros", *SMOKE, *overrides], home, folder), home)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(run_case, CONFIG_CASES))
+
+
+@pytest.mark.parametrize(
+    "name, expected", [(case[0], case[2]) for case in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
+def test_a_config_error_is_one_line_and_writes_nothing(config_case_results, name, expected):
+    done, home = config_case_results[name]
     assert_one_line_user_error(done, "hieros:", expected)
     assert written_files(home) == []  # no config.yaml, metrics, checkpoint, replay, mlflow.db
 
