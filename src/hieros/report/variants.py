@@ -27,8 +27,23 @@ VARIANT_PRIORITY: tuple[str, ...] = (
 )
 """Config keys preferred as variant labels when several keys split the runs the same way."""
 
-IGNORED_KEYS: tuple[str, ...] = ("seed", "env.game", "env.id", "paths.*", "logger.*", "hydra.*", "fabric.*")
-"""Keys never used to tell variants apart (game, seed, locations, logging, hardware)."""
+IGNORED_KEYS: tuple[str, ...] = (
+    "seed",
+    "env.game",
+    "env.id",
+    "paths.*",
+    "logger.*",
+    "hydra.*",
+    "fabric.*",
+    "training.torch_threads",
+    "training.progress",
+    "training.compile",
+    "training.compile_backend",
+    "training.objective",
+    "training.resume",
+)
+"""Keys never used to tell variants apart (game, seed, locations, logging, hardware, and run controls that do not
+change what is learned; runs from before such a key existed hold no value for it)."""
 
 _ABSENT = "<absent>"
 
