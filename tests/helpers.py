@@ -43,6 +43,25 @@ TINY_TWO_LEVEL_RUN = [
 ]
 
 
+# A run of a few seconds: CartPole, one level, the tiny smoke model, checkpoints at 20 and 40, one final episode, no
+# periodic evaluation or media (MLflow and sweep tests; add their own logger settings).
+TINY_ONE_LEVEL_RUN = [
+    "+experiment=smoke",
+    "env=gym",
+    "env.id=CartPole-v1",
+    "hierarchy.layers=1",
+    "training.steps=40",
+    "training.log_every=20",
+    "training.checkpoint_every=20",
+    "training.eval_every=0",
+    "training.final_eval_episodes=1",
+    "training.eval_modes=[greedy]",
+    "training.torch_threads=1",
+    "logger.media_every=0",
+    "logger.sync_seconds=2",
+]
+
+
 def _compose(*overrides: str) -> DictConfig:
     """The ``hieros.conf`` config with Hydra ``overrides``; inside an already initialised Hydra it composes there."""
     if GlobalHydra.instance().is_initialized():

@@ -25,6 +25,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
+from helpers import TINY_ONE_LEVEL_RUN
 from hieros.training.mlflow_mirror import MlflowTracker
 from hieros.training.run_tags import read_sweep_parent
 from hieros.training.sweep import MlflowSweepCallback
@@ -40,21 +41,7 @@ SITE_ENV = (
     "HIEROS_SLURM_EXCLUDE",
 )
 # A sweep job of a few seconds: CartPole, one level, the tiny smoke model, no periodic evaluation or media.
-TINY_JOB = [
-    "+experiment=smoke",
-    "env=gym",
-    "env.id=CartPole-v1",
-    "hierarchy.layers=1",
-    "training.steps=40",
-    "training.log_every=20",
-    "training.checkpoint_every=20",
-    "training.eval_every=0",
-    "training.final_eval_episodes=1",
-    "training.eval_modes=[greedy]",
-    "training.torch_threads=1",
-    "logger.media_every=0",
-    "logger.sync_seconds=2",
-]
+TINY_JOB = TINY_ONE_LEVEL_RUN
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
+from helpers import TINY_ONE_LEVEL_RUN
 from hieros.eval import EvalError, evaluate, parse_args
 from hieros.training.mlflow_mirror import MlflowTracker
 from hieros.training.mlflow_model import MODEL_TAG, MODELS_DIR
@@ -24,22 +25,7 @@ from hieros.training.run_tags import git_info, sweep_job_name
 from hieros.training.sweep import MlflowSweepCallback
 
 # A few seconds of training: CartPole, one level, the tiny smoke model, checkpoints at 20 and 40.
-TINY_RUN = [
-    "+experiment=smoke",
-    "env=gym",
-    "env.id=CartPole-v1",
-    "hierarchy.layers=1",
-    "training.steps=40",
-    "training.log_every=20",
-    "training.checkpoint_every=20",
-    "training.eval_every=0",
-    "training.final_eval_episodes=1",
-    "training.eval_modes=[greedy]",
-    "training.torch_threads=1",
-    "logger.media_every=0",
-    "logger.sync_seconds=2",
-    "logger.system_metrics_interval=0.2",
-]
+TINY_RUN = [*TINY_ONE_LEVEL_RUN, "logger.system_metrics_interval=0.2"]
 
 
 @pytest.fixture
