@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -32,3 +34,11 @@ def test_cadence_fires_once_per_multiple_crossed():
     assert [step for step in range(1, 31) if crossed(step - 1, step, 10)] == [10, 20, 30]
     assert [step for step in range(4, 41, 4) if crossed(step - 4, step, 10)] == [12, 20, 32, 40]  # 4 envs per step
     assert not any(crossed(step - 1, step, 0) for step in range(1, 50))
+
+
+def test_the_loop_does_not_mention_levels():
+    """Issue 14: what learns when, and what each level stores, belongs to the agent, its learner and its replays."""
+    import hieros.training.loop as loop
+
+    source = inspect.getsource(loop).lower()
+    assert "level" not in source

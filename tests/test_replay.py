@@ -7,8 +7,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 
-from hieros.replay import Replay
+from hieros.replay import HierarchyReplay, Replay
 from hieros.samplers import BaseSampler
 from hieros.samplers.tbs import TimeBalanced
 
@@ -393,3 +394,51 @@ def test_disk_blocks_are_reserved_ahead_so_a_full_disk_is_an_error_not_a_crash(t
         str(tmp_path / "other") in message and "MiB free" in message and "resumes from the last checkpoint" in message
     )
     assert len(fresh) == 0 and fresh.steps == 0  # nothing was half-written
+
+
+# ---------------------------------------------------------------- HierarchyReplay (one replay per level)
+def _hierarchy_replay(specs, tmp_path=None, num_streams: int = 1, min_windows: int = 3) -> HierarchyReplay:
+    return HierarchyReplay(
+        specs,
+        capacity=200,
+        num_streams=num_streams,
+        window=5,
+        make_sampler=Scripted,
+        directory=tmp_path,
+        batch_size=2,
+        min_windows=min_windows,
+    )
+
+
+def test_hierarchy_replay_store_each_level_its_own_rows_and_sample_as_tensors(tmp_path):
+    replays = _hierarchy_replay([_spec(), None, _spec()], tmp_path)
+    assert replays[1] is None and replays[0].sampler is not replays[2].sampler  # a sampler per replay
+    assert [path.name for path in sorted(tmp_path.iterdir())] == ["level0", "level2"]
+    for t in range(9):  # level 0 every step, level 2 every third step (level 1: no replay, rows ignored)
+        rows = [
+            {**_step(t, 1), "env": [0]},
+            {**_step(t, 1), "env": [0]},
+            {**_step(t, 1), "env": [0]} if t % 3 == 0 else None,
+        ]
+        replays.store(rows)
+    assert replays.report() == {"replay/level0_steps": 9, "replay/level2_steps": 3}
+    assert replays.ready  # level 0: 5 windows of 5 steps in 9 steps >= 3
+    assert replays.sample(2, np.random.default_rng(0), torch.device("cpu")) is None  # no complete window yet
+    assert replays.sample(1, np.random.default_rng(0), torch.device("cpu")) is None  # no replay at all
+    replays[0].sampler.next = [4, 0]
+    batch = replays.sample(0, np.random.default_rng(0), torch.device("cpu"))
+    assert isinstance(batch["reward"], torch.Tensor) and batch["reward"].shape == (2, 5)
+    assert batch["reward"][:, 0].tolist() == [4.0, 0.0]
+    assert set(replays.stateful()) == {"replay/level0", "replay/level2"}
+
+
+def test_hierarchy_replay_not_ready_before_min_windows_and_refuse_streams_out_of_step():
+    replays = _hierarchy_replay([_spec()], min_windows=3)
+    for t in range(6):  # 2 windows
+        replays.store([{**_step(t, 1), "env": [0]}])
+    assert not replays.ready
+    replays.store([{**_step(6, 1), "env": [0]}])
+    assert replays.ready
+    two_streams = _hierarchy_replay([_spec(), _spec()], num_streams=2)
+    with pytest.raises(NotImplementedError, match="training.num_envs=1"):
+        two_streams.store([{**_step(0, 2), "env": [0, 1]}, {**_step(0, 1), "env": [1]}])

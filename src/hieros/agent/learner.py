@@ -86,6 +86,10 @@ class Learner:
         metrics[metric_prefix(index)] = level_metrics
         return start, start_cont
 
+    def report(self) -> dict[str, int]:
+        """Updates made so far per level: ``updates/level<i>``."""
+        return {f"updates/level{index}": count for index, count in enumerate(self.updates)}
+
     # ------------------------------------------------------------------ checkpoint
     def stateful(self) -> dict[str, Any]:
         """The optimisers and schedulers under their checkpoint names (``optimizer/level<i>/<name>``,

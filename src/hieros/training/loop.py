@@ -3,10 +3,12 @@
     resume from the newest good checkpoint (if any) -> build envs, agent, replays -> attach the tracker ->
     loop { act, store, train as the ratio allows, log, evaluate, media, checkpoint } -> checkpoint, final evaluation
 
-One agent step = one policy call for every parallel environment (``num_envs`` steps counted). Level 0 gets
-``train_ratio / (batch_size x batch_length)`` updates per agent step; level i trains on every k^i-th of them.
+One agent step = one policy call for every parallel environment (``num_envs`` steps counted). Each agent step owes
+``train_ratio / (batch_size x batch_length)`` learner steps (:meth:`~hieros.agent.learner.Learner.train_step`, which
+decides what in the hierarchy learns); the loop knows nothing of the hierarchy's structure: it stores what ``act``
+returns into :class:`~hieros.replay.HierarchyReplay` and hands their ``sample`` to the learner.
 
-Re-running the same command in the same run directory resumes: the checkpoint restores every level's modules,
+Re-running the same command in the same run directory resumes: the checkpoint restores the agent's modules,
 optimisers and schedulers, the counters, the train-ratio clock, the random generators and the replays' positions
 (their data stays in ``<run_dir>/replay``); the environments start fresh episodes.
 
@@ -40,7 +42,7 @@ from hieros.config import ConfigError
 from hieros.envs.vector import make_vector_env
 from hieros.files import write_atomic
 from hieros.registry import Registry
-from hieros.replay import Replay
+from hieros.replay import HierarchyReplay
 from hieros.training.checkpoint import FORMAT_VERSION, CheckpointDir, NumpyState, RandomState, check_compatible, restore
 from hieros.training.console import Console, banner_rows, dashboard_command
 from hieros.training.evaluation import final_evaluation, periodic_evaluation, write_scores
@@ -120,19 +122,16 @@ class Run:
         self.learner = Learner(self.agent, cfg.agent.world_model.warmup_steps, fabric)
         if training.get("compile", False):
             self.agent.compile_updates(str(training.get("compile_backend", "inductor")))
-        self.replays = [
-            Replay(
-                spec,
-                capacity=training.replay_capacity,
-                num_streams=self.num_envs,
-                window=training.batch_length,
-                sampler=registry.build("sampler", cfg.sampler),
-                directory=self.run_dir / "replay" / f"level{index}",
-            )
-            if spec is not None
-            else None  # a level that shares level 0's world model learns only in imagination: no replay
-            for index, spec in enumerate(self.agent.replay_specs())
-        ]
+        self.replays = HierarchyReplay(
+            self.agent.replay_specs(),
+            capacity=training.replay_capacity,
+            num_streams=self.num_envs,
+            window=training.batch_length,
+            make_sampler=lambda: registry.build("sampler", cfg.sampler),
+            directory=self.run_dir / "replay",
+            batch_size=training.batch_size,
+            min_windows=training.min_windows,
+        )
         self.rng = np.random.default_rng(cfg.seed)
         self.ratio = TrainRatio(training.train_ratio / (training.batch_size * training.batch_length))
         self.step = 0
@@ -149,21 +148,13 @@ class Run:
         scaler = getattr(self.fabric.strategy.precision, "scaler", None)
         if scaler is not None:  # 16-mixed: the loss scale and its growth counter
             objects["grad_scaler"] = scaler
-        objects.update(
-            {
-                f"replay/level{index}": NumpyState(replay)
-                for index, replay in enumerate(self.replays)
-                if replay is not None
-            }
-        )
+        objects.update({name: NumpyState(replay) for name, replay in self.replays.stateful().items()})
         objects["rng"] = RandomState(self.rng)
         return objects
 
     def state(self, tracker: Tracker) -> dict[str, Any]:
         """What :meth:`CheckpointDir.save` writes: the stateful objects plus plain values."""
-        for replay in self.replays:
-            if replay is not None:
-                replay.flush()
+        self.replays.flush()
         counters = {
             "step": self.step,
             "updates": list(self.updates),
@@ -191,16 +182,7 @@ class Run:
 
     # --------------------------------------------------------------- acting
     def store(self, rows) -> None:
-        for replay, row in zip(self.replays, rows):
-            if row is None or replay is None:
-                continue
-            envs = row.pop("env")
-            if len(envs) != self.num_envs:
-                raise NotImplementedError(
-                    "higher levels of several parallel environments out of step need a per-stream replay add; "
-                    "use training.num_envs=1 with hierarchy.layers>1"
-                )
-            replay.add(row)
+        self.replays.store(rows)
 
     def record_episodes(self, obs: Mapping[str, np.ndarray]) -> None:
         for env in np.flatnonzero(obs["is_last"]):
@@ -216,34 +198,24 @@ class Run:
     # -------------------------------------------------------------- training
     @property
     def updates(self) -> list[int]:
-        """Updates made per level."""
+        """The learner's update counters (scores.json and the checkpoint record them)."""
         return self.learner.updates
 
     def train(self) -> None:
-        """The level-0 updates the train ratio owes at this step, each with the higher levels that are due."""
-        training = self.cfg.training
-        if self.step < training.prefill or len(self.replays[0]) < training.min_windows:
+        """The learner steps the train ratio owes at this step (none before the prefill or while the replay is short)."""
+        if self.step < self.cfg.training.prefill or not self.replays.ready:
             return
         for _ in range(self.ratio(self.step)):
             for prefix, metrics in self.learner.train_step(self.sample_batch, self.fabric).items():
                 self.metrics.add(metrics, prefix=prefix)
 
     def sample_batch(self, index: int) -> dict[str, torch.Tensor] | None:
-        """A training batch of level ``index``'s replay on the run's device, or None while it holds too few windows
-        (or the level has no replay: a shared world model)."""
-        replay = self.replays[index]
-        if replay is None or len(replay) < self.cfg.training.min_windows:
-            return None
-        return Hierarchy.to_tensors(replay.sample(self.cfg.training.batch_size, self.rng), self.device)
+        """What the learner trains part ``index`` of the agent on (:meth:`HierarchyReplay.sample`)."""
+        return self.replays.sample(index, self.rng, self.device)
 
     def report(self, steps_per_second: float) -> dict[str, float]:
         """The means since the last report, steps per second, update counts and replay sizes."""
-        report = {"sps": steps_per_second, **self.metrics.pop()}
-        report.update({f"updates/level{i}": n for i, n in enumerate(self.updates)})
-        report.update(
-            {f"replay/level{i}_steps": replay.steps for i, replay in enumerate(self.replays) if replay is not None}
-        )
-        return report
+        return {"sps": steps_per_second, **self.metrics.pop(), **self.learner.report(), **self.replays.report()}
 
 
 def make_fabric(cfg: DictConfig) -> Fabric:
