@@ -9,6 +9,10 @@ STAMP := $(VENV)/.hieros-install.stamp
 # SLURM tests skip themselves when no cluster answers (tests/conftest.py).
 MARKERS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (one test file per worker at a time: module fixtures are built once, the SLURM
+# tests stay in one process); 1 runs the suite in one process. CI's machine has 2 cores.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 # extra arguments of `make bench`, e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --only agent"
 BENCH_ARGS ?=
 
@@ -25,10 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 test: install
-	$(PY) -m pytest -x -q $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS)
+	$(PY) -m pytest -x -q $(XDIST) $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS)
 
 test-fast: install  ## everything except the slow end-to-end checks
-	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -x -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m hieros.bench --out bench.json $(BENCH_ARGS)

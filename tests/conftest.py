@@ -42,6 +42,11 @@ def _slurm_problem() -> str | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: needs a reachable SLURM cluster (shared/slurm/start-local-slurm.sh)")
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("COLUMNS") == "80":
+        # pytest-xdist's workers start with COLUMNS=80 / LINES=24 (execnet's default terminal); the CLIs keep their
+        # output rows whole when stdout is no terminal and COLUMNS is unset, as in a single-process run
+        os.environ.pop("COLUMNS", None)
+        os.environ.pop("LINES", None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -22,8 +22,8 @@ updates under Fabric's bf16 autocast, ``--compile`` compiles each level's update
   model loss, backward, clip and AdamW step, and the preparation of the imagination starts) and
   ``imagination_actor_critic_s`` (imagination, actor and critic updates, subgoal autoencoder update).
 * ``three_level``: the updates of k² = 16 consecutive environment steps at the paper's ratio (one level-0 update
-  per step; level i trains on every k^i-th level-0 update, as ``Run.train`` schedules it; levels 1 and 2 see the k
-  stacked latents of the level below as a vector observation and emit 8×8 subgoal codes), s5, run back to back
+  per step; level i trains on every k^i-th level-0 update, as ``Learner.train_step`` schedules it; levels 1 and 2
+  see the k stacked latents of the level below as a vector observation and emit 8×8 subgoal codes), s5, run back to back
   after warm-up. ``per_env_step_s`` = their total / 16: it includes the 4 level-1 and the 1 level-2 updates of the
   cycle (``updates``, ``seconds_by_level``, ``mean_update_s_by_level``).
 * ``policy_step``: ``Hierarchy.act`` for one environment (batch 1), sampled actions, over ``policy_steps``
@@ -275,7 +275,8 @@ def _phases(level, step: Callable[[], object], iterations: int, device: torch.de
 
 
 def _three_level_cycle(setup: dict, options: BenchOptions = CPU) -> dict[str, Any]:
-    """k² consecutive environment steps' worth of updates, scheduled as ``Run.train`` does at one update per step."""
+    """k² consecutive environment steps' worth of updates, scheduled as ``Learner.train_step`` does at one update
+    per step."""
     device = options.torch_device
     hierarchy, fabric = _hierarchy("s5", setup, options, compiled=options.compile), _fabric(options)
     levels = range(len(hierarchy.levels))
