@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hieros.agent.reward_weights import level_reward_weights
 from hieros.registry import GROUPS, Registry, UnknownComponentError
 from hieros.training.objective import ALLOWED as OBJECTIVES
-from hieros.training.objective import is_objective_name
+from hieros.training.objective import POLICY_MODES, is_objective_name
 
 # Precisions the training step honours (hieros.training.precision says what each runs); the S5 scan stays
 # float32/complex64 under all of them. Refused ones, with the reason the error gives:
@@ -227,7 +227,7 @@ RULES: tuple[Rule, ...] = (
     Rule("agent.subgoal_autoencoder.lr", _number_in(0.0, low_open=True), "a number > 0"),
     Rule("agent.subgoal_autoencoder.eps", _number_in(0.0, low_open=True), "a number > 0"),
     Rule("agent.subgoal_autoencoder.grad_clip", _number_in(0.0, low_open=True), "a number > 0"),
-    Rule("training.eval_modes", _list_of("sampled", "greedy"), "a non-empty list of sampled | greedy, each once"),
+    Rule("training.eval_modes", _list_of(*POLICY_MODES), "a non-empty list of sampled | greedy, each once"),
     Rule("training.eval_num_envs", _int_in(1), "an integer >= 1"),
     Rule("training.parallel_envs", _is_bool, "true | false"),
     Rule("training.torch_threads", _int_in(0), "an integer >= 0 (0 = torch's default)"),

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from hieros.files import write_json_atomic
+from hieros.training.objective import POLICY_MODES
 
 DEFAULTS: dict[str, Any] = {
     "checkpoint": None,
@@ -74,8 +75,8 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         raise EvalError("checkpoint=PATH is required (a .ckpt file or a run directory)")
     if not isinstance(args["episodes"], int) or isinstance(args["episodes"], bool) or args["episodes"] < 1:
         raise EvalError(f"episodes={args['episodes']!r} is invalid: allowed is an integer >= 1")
-    if args["mode"] not in ("sampled", "greedy"):
-        raise EvalError(f"mode={args['mode']!r} is invalid: allowed is sampled | greedy")
+    if args["mode"] not in POLICY_MODES:
+        raise EvalError(f"mode={args['mode']!r} is invalid: allowed is {' | '.join(POLICY_MODES)}")
     for flag in ("video", "mlflow"):
         if not isinstance(args[flag], bool):
             raise EvalError(f"{flag}={args[flag]!r} is invalid: allowed is true | false")

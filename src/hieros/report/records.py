@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from hieros.training.objective import POLICY_MODES
+
 SCORE_KINDS: tuple[str, ...] = ("final_eval", "train_last10pct")
-EVAL_MODES: tuple[str, ...] = ("sampled", "greedy")
+EVAL_MODES: tuple[str, ...] = POLICY_MODES
 DEFAULT_METRICS: tuple[str, ...] = (
     "episode/score",
     "episode/length",

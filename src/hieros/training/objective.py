@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 NAME = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$")
 EVAL_SCORE = re.compile(r"^(?P<kind>final_eval|eval)/(?P<mode>[A-Za-z0-9_]+)_score$")
 SCORES_KEYS = ("train_return_last10pct",)
-POLICY_MODES = ("sampled", "greedy")  # the policies an evaluation can run (training.eval_modes)
+POLICY_MODES: tuple[str, ...] = ("sampled", "greedy")
+"""The policies an evaluation can run (``training.eval_modes``, ``hieros-eval mode=``, the report's ``--mode``)."""
 ALLOWED = (
     "final_eval/<mode>_score (mode in training.eval_modes), train_return_last10pct, or a metric of metrics.jsonl "
     "(e.g. eval/greedy_score, train/level0/model_loss)"
