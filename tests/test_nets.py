@@ -154,6 +154,24 @@ def test_categorical_sample_is_onehot_and_follows_probs(gen: torch.Generator) ->
     torch.testing.assert_close(OneHotCategorical(logits, unimix=0.01).log_prob(onehot), dist.logits[0])
 
 
+def test_categorical_sample_matches_probs_per_row_and_skips_impossible_classes() -> None:
+    """Inverse-CDF sampling: every row follows its own probabilities (not the first row's), classes of probability 0
+    are never drawn, and a generator makes the draw reproducible."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 6, generator=generator) * 2
+    logits[1, 2] = -float("inf")  # impossible class in row 1
+    logits[2, 0] = -float("inf")  # and at the edge in row 2
+    logits[2, 5] = -float("inf")
+    dist = OneHotCategorical(logits.unsqueeze(0).expand(40000, 3, 6), unimix=0.0)
+    sample = dist.sample(torch.Generator().manual_seed(1)).detach()
+    assert torch.equal(sample.sum(-1), torch.ones(40000, 3))
+    torch.testing.assert_close(sample.mean(0), dist.probs[0], rtol=0, atol=0.01)
+    assert sample[:, 1, 2].sum() == 0 and sample[:, 2, 0].sum() == 0 and sample[:, 2, 5].sum() == 0
+    again = dist.sample(torch.Generator().manual_seed(1)).detach()
+    assert torch.equal(sample, again)
+    assert not torch.equal(sample, dist.sample(torch.Generator().manual_seed(2)).detach())
+
+
 def test_straight_through_gradients(gen: torch.Generator) -> None:
     logits = torch.randn(5, 6, generator=gen, requires_grad=True)
     weights = torch.randn(5, 6, generator=gen)

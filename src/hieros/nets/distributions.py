@@ -150,9 +150,15 @@ class OneHotCategorical:
         return onehot + (self.probs - self.probs.detach())
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        flat = self.probs.detach().reshape(-1, self.probs.shape[-1])
-        index = torch.multinomial(flat, 1, generator=generator).reshape(self.probs.shape[:-1])
-        return self._straight_through(one_hot(index, self.probs.shape[-1], self.probs.dtype))
+        # Inverse-CDF sampling: one uniform u per categorical, index = #{k : cdf_k <= u * cdf_K}. Same distribution as
+        # torch.multinomial, which draws one exponential per class and was 8% of a tiny update's CPU time (issue 14:
+        # 0.63 vs 9.4 ms for (1024, 16, 16), 3.6 vs 43 ms for (1024, 32, 32), one thread). Zero-probability classes
+        # are never drawn (their cdf step is empty); the clamp only guards u * cdf_K rounding up to cdf_K.
+        probs = self.probs.detach()
+        cdf = probs.cumsum(-1)
+        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
+        index = (cdf <= u * cdf[..., -1:]).sum(-1).clamp_max(probs.shape[-1] - 1)
+        return self._straight_through(one_hot(index, probs.shape[-1], probs.dtype))
 
     def mode(self) -> Tensor:
         return self._straight_through(one_hot(self.probs.argmax(-1), self.probs.shape[-1], self.probs.dtype))
