@@ -22,6 +22,7 @@ from hieros.nets import (
     VectorEncoder,
     init_weights_,
     kl_categorical,
+    normalize_image,
     symexp,
     symlog,
     twohot_bins,
@@ -367,3 +368,13 @@ def test_vector_encoder_and_decoder(gen: torch.Generator) -> None:
     prediction = decoder(encoder(x))
     assert prediction.shape == (3, 4, 10)
     assert SymlogMSE(prediction).log_prob(x).shape == (3, 4)
+
+
+def test_normalize_image_is_the_model_scale_and_leaves_its_input_alone() -> None:
+    image = torch.randint(0, 256, (2, 3, 8, 8, 4), dtype=torch.uint8)
+    assert torch.equal(normalize_image(image), image.float() / 255.0 - 0.5)  # bit for bit: same ops, same order
+    assert normalize_image(image).dtype == torch.float32
+    assert normalize_image(image, torch.float64).dtype == torch.float64
+    as_float = image.float()
+    normalize_image(as_float)
+    assert torch.equal(as_float, image.float())  # a float input is copied, not normalised in place

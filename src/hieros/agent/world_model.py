@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from hieros.nets.distributions import MSE, Bernoulli, SymlogMSE, TwoHot, kl_categorical
-from hieros.nets.layers import MLP, ConvDecoder, ConvEncoder, VectorDecoder, VectorEncoder
+from hieros.nets.layers import MLP, ConvDecoder, ConvEncoder, VectorDecoder, VectorEncoder, normalize_image
 from hieros.sequence_models.base import LatentDynamics, State
 
 REWARD_BINS = 255
@@ -144,7 +144,7 @@ class WorldModel(nn.Module):
         feat = self.features(post)
         losses = {}
         for key, dist in self.decode(feat).items():
-            target = batch[key].float() / 255.0 - 0.5 if key == "image" else batch[key].float()
+            target = normalize_image(batch[key]) if key == "image" else batch[key].float()
             losses[f"{key}_loss"] = -dist.log_prob(target)
         losses["reward_loss"] = -self.reward(feat).log_prob(batch["reward"])
         losses["cont_loss"] = -self.cont(feat).log_prob(1.0 - batch["is_terminal"].float())

@@ -7,10 +7,12 @@ import math
 
 from torch import Tensor
 
+from hieros.nets.layers import normalize_image
+
 
 def obs_target(key: str, value: Tensor) -> Tensor:
     """An observation in the units of the decoder's mean: images x/255 - 0.5 (the training target), vectors raw."""
-    return value.float() / 255.0 - 0.5 if key == "image" else value.float()
+    return normalize_image(value) if key == "image" else value.float()
 
 
 def per_sample_mse(prediction: Tensor, target: Tensor, batch_dims: int) -> Tensor:

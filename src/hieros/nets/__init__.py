@@ -13,7 +13,15 @@ from hieros.nets.distributions import (
     twohot_encode,
 )
 from hieros.nets.init import init_weights_, truncated_normal_init_, uniform_init_
-from hieros.nets.layers import MLP, ChannelLayerNorm, ConvDecoder, ConvEncoder, VectorDecoder, VectorEncoder
+from hieros.nets.layers import (
+    MLP,
+    ChannelLayerNorm,
+    ConvDecoder,
+    ConvEncoder,
+    VectorDecoder,
+    VectorEncoder,
+    normalize_image,
+)
 from hieros.nets.s5 import Discretization, S5Block, S5Layer, hippo_n_init, linear_scan, resettable_scan
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "init_weights_",
     "kl_categorical",
     "linear_scan",
+    "normalize_image",
     "resettable_scan",
     "symexp",
     "symlog",

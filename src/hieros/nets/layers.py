@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from hieros.nets.distributions import symlog
@@ -119,6 +120,15 @@ def _same_conv_transpose(in_channels: int, out_channels: int, kernel: int, bias:
     )
 
 
+def normalize_image(image: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Image on the 0..255 scale (uint8 or float) → ``dtype`` on the model's scale image / 255 − 0.5.
+
+    One conversion and two in-place passes (the same values as ``image.float() / 255 − 0.5``): on a 16 × 64 batch of
+    32 × 32 × 4 images the out-of-place form allocated two more 16 MB tensors per call."""
+    out = image.to(dtype, copy=True)
+    return out.div_(255.0).sub_(0.5)
+
+
 class ConvEncoder(nn.Module):
     """Image (..., H, W, C) uint8 or float on the 0..255 scale → (..., out_dim) embedding.
 
@@ -152,8 +162,7 @@ class ConvEncoder(nn.Module):
                 f"got shape {tuple(image.shape)}; images must be channel-last at the configured image_size"
             )
         batch_shape = image.shape[:-3]
-        x = image.reshape(-1, *expected).to(next(self.parameters()).dtype)
-        x = (x / 255.0 - 0.5).permute(0, 3, 1, 2)
+        x = normalize_image(image.reshape(-1, *expected), next(self.parameters()).dtype).permute(0, 3, 1, 2)
         x = self.layers(x)
         return x.reshape(*batch_shape, self.out_dim)
 
