@@ -217,6 +217,9 @@ def test_mse_and_symlog_mse(gen: torch.Generator) -> None:
     image = MSE(prediction, dims=3)
     torch.testing.assert_close(image.log_prob(target), -((prediction - target) ** 2).sum((-1, -2, -3)))
     assert torch.equal(image.mode(), prediction)
+    leaf = prediction.clone().requires_grad_(True)  # the gradient of the fused form is 2 (pred - x), as written out
+    (grad,) = torch.autograd.grad(MSE(leaf, dims=3).log_prob(target).sum(), leaf)
+    torch.testing.assert_close(grad, -2.0 * (prediction - target))
     raw = torch.randn(6, 9, generator=gen) * 100
     vector = SymlogMSE(prediction[0, 0], dims=1)
     torch.testing.assert_close(vector.mode(), symexp(prediction[0, 0]))

