@@ -246,6 +246,31 @@ def test_action_is_zeroed_at_is_first(registry, mode_sampling, alignment):
 # ---------------------------------------------------------------------------------- deterministic latent
 
 
+def test_weighted_image_loss_weighs_the_on_pixels(registry, mode_sampling):
+    """image_loss: weighted_mse = Σ w (pred − x)² with w = image_on_weight where the target pixel is on (> 127),
+    1 elsewhere; weight 1 is exactly mse; the other terms of the loss are untouched."""
+    batch = random_batch(2, 5, 4)
+    losses = {}
+    for option in ("image_loss=mse", "image_loss=weighted_mse", "image_on_weight=1.0"):
+        overrides = [f"agent.world_model.{option}"]
+        if option == "image_on_weight=1.0":
+            overrides.append("agent.world_model.image_loss=weighted_mse")
+        world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4, *overrides)
+        with torch.no_grad():
+            _, post, metrics = world_model.loss(batch)
+            prediction = world_model.decoders["image"](world_model.features(post))
+        losses[option] = (metrics, prediction)
+    target = batch["image"].float() / 255.0 - 0.5
+    metrics, prediction = losses["image_loss=weighted_mse"]
+    weight = torch.where(batch["image"] > 127, 10.0, 1.0)  # the default image_on_weight
+    expected = (weight * (prediction - target) ** 2).sum((-3, -2, -1)).mean()
+    torch.testing.assert_close(metrics["image_loss"], expected)
+    plain, _ = losses["image_loss=mse"]
+    assert metrics["image_loss"] > 2 * plain["image_loss"]  # about half the random pixels are on
+    torch.testing.assert_close(metrics["reward_loss"], plain["reward_loss"])
+    torch.testing.assert_close(losses["image_on_weight=1.0"][0]["image_loss"], plain["image_loss"])
+
+
 def test_deterministic_latent_variant(registry):
     world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4, "agent.world_model.stochastic=false")
     assert not world_model.dynamics.stochastic

@@ -145,6 +145,8 @@ RULES: tuple[Rule, ...] = (
     Rule("agent.world_model.kl_free", _number_in(0.0), "a number >= 0"),
     Rule("agent.world_model.stochastic", _is_bool, "true | false"),
     Rule("agent.world_model.action_alignment", _one_of("previous", "original"), "previous | original"),
+    Rule("agent.world_model.image_loss", _one_of("mse", "weighted_mse"), "mse | weighted_mse"),
+    Rule("agent.world_model.image_on_weight", _number_in(0.0, low_open=True), "a number > 0"),
     Rule("agent.actor_critic.discount", _number_in(0.0, 1.0), "a number in [0, 1]"),
     Rule("agent.actor_critic.return_lambda", _number_in(0.0, 1.0), "a number in [0, 1]"),
     Rule("agent.actor_critic.entropy", _number_in(0.0), "a number >= 0"),
