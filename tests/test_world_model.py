@@ -251,10 +251,13 @@ def test_weighted_image_loss_weighs_the_on_pixels(registry, mode_sampling):
     1 elsewhere; weight 1 is exactly mse; the other terms of the loss are untouched."""
     batch = random_batch(2, 5, 4)
     losses = {}
-    for option in ("image_loss=mse", "image_loss=weighted_mse", "image_on_weight=1.0"):
-        overrides = [f"agent.world_model.{option}"]
-        if option == "image_on_weight=1.0":
-            overrides.append("agent.world_model.image_loss=weighted_mse")
+    options = {
+        "image_loss=mse": ["image_loss=mse"],
+        "image_loss=weighted_mse": ["image_loss=weighted_mse"],
+        "image_on_weight=1.0": ["image_loss=weighted_mse", "image_on_weight=1.0"],
+    }
+    for option, keys in options.items():
+        overrides = [f"agent.world_model.{key}" for key in keys]
         world_model = make_world_model(registry, "s5", {"image": (16, 16, 3)}, 4, *overrides)
         with torch.no_grad():
             _, post, metrics = world_model.loss(batch)

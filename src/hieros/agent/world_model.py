@@ -145,13 +145,12 @@ class WorldModel(nn.Module):
         losses = {}
         for key, dist in self.decode(feat).items():
             target = normalize_image(batch[key]) if key == "image" else batch[key].float()
+            weight = None
             if key == "image" and cfg.get("image_loss", "mse") == "weighted_mse":
                 # pixels that are on (target > 0, i.e. > 127 of 255) weigh image_on_weight: a small object (MinAtar's
                 # 1-cell player) otherwise adds too little error to make the posterior encode it (issue 13)
-                weight = 1.0 + (cfg["image_on_weight"] - 1.0) * (target > 0).to(target.dtype)
-                losses[f"{key}_loss"] = -dist.log_prob(target, weight)
-            else:
-                losses[f"{key}_loss"] = -dist.log_prob(target)
+                weight = torch.where(target > 0, cfg["image_on_weight"], 1.0)
+            losses[f"{key}_loss"] = -dist.log_prob(target) if weight is None else -dist.log_prob(target, weight)
         losses["reward_loss"] = -self.reward(feat).log_prob(batch["reward"])
         losses["cont_loss"] = -self.cont(feat).log_prob(1.0 - batch["is_terminal"].float())
         dyn_loss, rep_loss = self.kl_losses(post["logit"], post["prior_logit"], cfg["kl_free"])
