@@ -150,6 +150,16 @@ def test_config_differences_ignore_resumable_keys_and_name_the_others():
     assert "training.steps" not in message.split("keys that may differ")[0] and "\n" not in message
 
 
+def test_a_key_added_later_resumes_older_checkpoints_only_at_the_value_of_the_older_behaviour():
+    saved = {"agent": {"world_model": {"kl_free": 1.0}}}
+    current = {"agent": {"world_model": {"kl_free": 1.0, "image_loss": "mse", "image_on_weight": 10.0}}}
+    assert config_differences(saved, current) == []
+    current["agent"]["world_model"]["image_loss"] = "weighted_mse"
+    assert config_differences(saved, current) == [("agent.world_model.image_loss", "mse", "weighted_mse")]
+    without_table = config_differences(saved, current, added={})
+    assert [key for key, _, _ in without_table] == ["agent.world_model.image_loss", "agent.world_model.image_on_weight"]
+
+
 # ----------------------------------------------------------------------------- in-process runs
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

@@ -18,7 +18,9 @@ Fabric wrapper prefix), so they load whatever the precision of the writing or th
 
 Resume rules (:func:`config_differences`): a checkpoint is refused when any config key differs from the current
 one, except the keys matched by :data:`RESUMABLE_KEYS` (budget, cadences, evaluation, logging, paths and hardware),
-which never change shapes or the learning problem.
+which never change shapes or the learning problem. A key that a checkpoint lacks because it was written before the
+option existed is accepted when the current value is the one in :data:`ADDED_KEYS`, the value that reproduces what
+the older code did.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "experiment_name",
 )
 """Config keys (fnmatch patterns on dotted keys) that may differ between a checkpoint and the resuming run."""
+
+ADDED_KEYS: dict[str, Any] = {
+    "agent.world_model.image_loss": "mse",
+    # Read only by image_loss: weighted_mse; older checkpoints never weighted, so the default stands for them.
+    "agent.world_model.image_on_weight": 10.0,
+}
+"""Config keys added after checkpoints existed -> the value that behaves as the code did before the key existed.
+Add an entry with every new option whose default keeps the old behaviour, so that older runs still resume."""
 
 _NAME = re.compile(r"^step_(\d+)\.ckpt$")
 _CHUNK = 1 << 20
@@ -175,15 +185,19 @@ _ABSENT = object()
 
 
 def config_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], resumable: tuple[str, ...] = RESUMABLE_KEYS
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    resumable: tuple[str, ...] = RESUMABLE_KEYS,
+    added: Mapping[str, Any] = ADDED_KEYS,
 ) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, current value) for every key that differs and may not (absent keys count as differing)."""
+    """(key, saved value, current value) for every key that differs and may not (absent keys count as differing,
+    except a key of ``added`` the checkpoint lacks, which counts as holding its ``added`` value)."""
     old, new = flatten(saved), flatten(current)
     differences = []
     for key in sorted(old.keys() | new.keys()):
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in resumable):
             continue
-        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        before, after = old.get(key, added.get(key, _ABSENT)), new.get(key, _ABSENT)
         if before != after:
             differences.append((key, before, after))
     return differences
