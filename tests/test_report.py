@@ -397,6 +397,25 @@ def test_variant_detection_merges_keys_and_prefers_named_ones():
     assert parse_param("['sampled', 'greedy']") == ["sampled", "greedy"] and parse_param("etbs") == "etbs"
 
 
+def test_a_run_from_before_an_option_existed_joins_the_variant_of_the_older_behaviour():
+    def record(run: str, **config) -> RunRecord:
+        base = {"env.name": "minatar", "env.game": "asterix", "seed": int(run[-1]), "hierarchy.layers": 1}
+        return RunRecord(run=run, location=run, config={**base, **config}, status="finished")
+
+    old, resumed = record("old0"), record("new1", **{"agent.world_model.image_loss": "mse"})
+    weighted = record("new2", **{"agent.world_model.image_loss": "weighted_mse"})
+    sweep = Sweep("test", "directory", [old, resumed, weighted])
+    assign_variants(sweep, defaults={})
+    assert sweep.variant_keys == ["agent.world_model.image_loss"]
+    assert [r.variant for r in (old, resumed, weighted)] == [
+        "agent.world_model.image_loss=mse",
+        "agent.world_model.image_loss=mse",
+        "agent.world_model.image_loss=weighted_mse",
+    ]
+    assert old.settings == {"agent.world_model.image_loss": "mse"}
+    assert "agent.world_model.image_loss" not in old.config  # the record keeps what the run saved
+
+
 def _populate_mlflow(uri: str, sweep_dir: Path) -> str:
     """Log the synthetic sweep as the MLflow logger does: one parent run, one child run per job with the flattened
     config as params, metrics on the agent-step axis and scores.json/media as artifacts. Returns the parent run id."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from hieros.report.flat_config import parse_param
 from hieros.report.records import Problem, RunRecord, Sweep, sort_key
+from hieros.training.added_keys import ADDED_KEYS
 
 VARIANT_PRIORITY: tuple[str, ...] = (
     "experiment_name",
@@ -48,6 +49,11 @@ change what is learned; runs from before such a key existed hold no value for it
 _ABSENT = "<absent>"
 
 
+def _value(config: Mapping[str, Any], key: str, absent: Any = _ABSENT) -> Any:
+    """The run's value of ``key``; a run from before the key existed holds the value of the older behaviour."""
+    return config.get(key, ADDED_KEYS.get(key, absent))
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -67,7 +73,8 @@ def assign_variants(
     in :data:`VARIANT_PRIORITY` names the variant, e.g. ``model.seq_blocks`` rather than ``sequence_model.num_blocks``),
     and only as many keys are kept as are needed to tell the variants apart.
 
-    A key that only changes from one game to another (``env.name``, per-game settings) does not make a variant.
+    A key that only changes from one game to another (``env.name``, per-game settings) does not make a variant. A run
+    from before a key of :data:`~hieros.training.added_keys.ADDED_KEYS` existed counts as holding its listed value.
 
     The baseline is ``baseline`` if given (a variant label or ``key=value[,key=value]``), else the variant whose
     settings agree most with ``defaults`` (a mapping or a function returning one, called only when needed: the
@@ -77,7 +84,7 @@ def assign_variants(
     keys = sorted({key for record in configured for key in record.config if not _ignored(key, ignore)})
     partitions: dict[tuple, list[str]] = defaultdict(list)
     for key in keys:
-        values = [_canonical(record.config.get(key, _ABSENT)) for record in configured]
+        values = [_canonical(_value(record.config, key)) for record in configured]
         per_game: dict[Any, set[str]] = defaultdict(set)
         for record, value in zip(configured, values):
             per_game[record.game].add(value)
@@ -91,7 +98,7 @@ def assign_variants(
         if not record.config:
             record.variant, record.settings = "unknown", {}
             continue
-        record.settings = {key: record.config.get(key) for key in chosen}
+        record.settings = {key: _value(record.config, key, None) for key in chosen}
         record.variant = _label(record.settings, record.config)
     sweep.baseline = _pick_baseline(sweep, baseline, defaults)
 
@@ -102,7 +109,7 @@ def _key_rank(key: str) -> tuple:
 
 
 def _partition(records: Sequence[RunRecord], keys: Sequence[str]) -> int:
-    return len({tuple(_canonical(record.config.get(key, _ABSENT)) for key in keys) for record in records})
+    return len({tuple(_canonical(_value(record.config, key)) for key in keys) for record in records})
 
 
 def _minimal_keys(candidates: list[str], records: list[RunRecord]) -> list[str]:

@@ -19,8 +19,8 @@ Fabric wrapper prefix), so they load whatever the precision of the writing or th
 Resume rules (:func:`config_differences`): a checkpoint is refused when any config key differs from the current
 one, except the keys matched by :data:`RESUMABLE_KEYS` (budget, cadences, evaluation, logging, paths and hardware),
 which never change shapes or the learning problem. A key that a checkpoint lacks because it was written before the
-option existed is accepted when the current value is the one in :data:`ADDED_KEYS`, the value that reproduces what
-the older code did.
+option existed is accepted when the current value is the one in
+:data:`~hieros.training.added_keys.ADDED_KEYS`, the value that reproduces what the older code did.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from hieros.files import fsync_dir, fsync_file, write_atomic
+from hieros.training.added_keys import ADDED_KEYS
 from hieros.mappings import flatten
 
 FORMAT_VERSION = 1
@@ -67,13 +68,6 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 )
 """Config keys (fnmatch patterns on dotted keys) that may differ between a checkpoint and the resuming run."""
 
-ADDED_KEYS: dict[str, Any] = {
-    "agent.world_model.image_loss": "mse",
-    # Read only by image_loss: weighted_mse; older checkpoints never weighted, so the default stands for them.
-    "agent.world_model.image_on_weight": 10.0,
-}
-"""Config keys added after checkpoints existed -> the value that behaves as the code did before the key existed.
-Add an entry with every new option whose default keeps the old behaviour, so that older runs still resume."""
 
 _NAME = re.compile(r"^step_(\d+)\.ckpt$")
 _CHUNK = 1 << 20
