@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from hieros.files import fsync_dir, fsync_file, write_atomic
-from hieros.training.added_keys import ADDED_KEYS
 from hieros.mappings import flatten
+from hieros.training.added_keys import ADDED_KEYS
 
 FORMAT_VERSION = 1
 
