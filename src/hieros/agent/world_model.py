@@ -146,7 +146,7 @@ class WorldModel(nn.Module):
         for key, dist in self.decode(feat).items():
             target = normalize_image(batch[key]) if key == "image" else batch[key].float()
             weight = None
-            if key == "image" and cfg.get("image_loss", "mse") == "weighted_mse":
+            if key == "image" and cfg["image_loss"] == "weighted_mse":
                 # pixels that are on (target > 0, i.e. > 127 of 255) weigh image_on_weight: a small object (MinAtar's
                 # 1-cell player) otherwise adds too little error to make the posterior encode it (issue 13)
                 weight = torch.where(target > 0, cfg["image_on_weight"], 1.0)
